@@ -1,0 +1,56 @@
+"""The reference as a backend: NumPy arrays, evaluated in the dtype of its float inputs.
+
+Run in float64 it is the oracle; in a lower dtype it is the naive baseline itself, so it
+passes by construction there. It is the baseline every speed ratio is taken against.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from lmspec import reference as _ref
+from lmspec.backends import numpy_dtype
+from lmspec.reference import computing_in
+from lmspec.spec import stems
+
+NAME = "reference"
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+
+
+def asarray(a: np.ndarray, dtype: str | None) -> np.ndarray:
+    return np.asarray(a) if dtype is None else np.asarray(a).astype(numpy_dtype(dtype))
+
+
+def to_numpy(t) -> np.ndarray:
+    return np.asarray(t)
+
+
+def _float_dtype(args) -> np.dtype:
+    for a in args:
+        if isinstance(a, np.ndarray) and a.dtype.kind in "fV" or (
+                isinstance(a, np.ndarray) and a.dtype.name == "bfloat16"):
+            return a.dtype
+    return np.dtype(np.float64)
+
+
+def _in_input_dtype(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with computing_in(_float_dtype([*args, *kwargs.values()])):
+            return fn(*args, **kwargs)
+    return run
+
+
+def _vjp_in_input_dtype(fn):
+    @functools.wraps(fn)
+    def run(cotangent, *args, **kwargs):
+        with computing_in(_float_dtype([*args, *kwargs.values()])):
+            return fn(cotangent, *args, **kwargs)
+    return run
+
+
+for _stem in stems():
+    globals()[_stem] = _in_input_dtype(getattr(_ref, _stem))
+    globals()[f"{_stem}_vjp"] = _vjp_in_input_dtype(getattr(_ref, f"{_stem}_vjp"))

@@ -19,7 +19,7 @@ A backend is a Python module (or any object with these attributes) that exports:
 
 A backend is selected by name: ``reference`` (built in), a name registered under the
 entry-point group ``lmspec.backends`` (ours register this way too), or a dotted import path
-(``mypkg.my_backend``), so a package lmspec has never seen can be tested without touching it.
+(``mypkg.my_backend``) or ``module:attribute``, so a package lmspec has never seen can be tested without touching it.
 """
 
 from __future__ import annotations
@@ -133,13 +133,16 @@ def load(name: str) -> Backend:
         return Backend("reference", _reference_backend)
     eps = _entry_points()
     target = eps[name].value if name in eps else name
-    if name not in eps and "." not in name:
+    if name not in eps and "." not in name and ":" not in name:
         raise ValueError(
-            f"backend: unknown name {name!r}; expected one of {', '.join(available())} "
-            "or a dotted import path to a module")
+            f"backend: unknown name {name!r}; expected one of {', '.join(available())}, "
+            "a dotted import path to a module, or 'module:attribute'")
+    module_name = target.split(":")[0]
     try:
-        module: ModuleType = importlib.import_module(target.split(":")[0])
+        module: ModuleType = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name) and name not in eps:
+            raise ValueError(f"backend: cannot import {module_name!r} ({e})") from e
         raise BackendUnavailable(f"backend {name!r} needs {e.name!r}, which is not installed") from e
     impl = getattr(module, target.split(":")[1]) if ":" in target else module
     return Backend(getattr(impl, "NAME", name), impl)

@@ -38,12 +38,19 @@ def _llama3(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
 
 
 def rope_frequencies(rotary_dim: int, theta: float = 10000.0,
-                     scaling: RopeScaling | None = None) -> tuple[np.ndarray, float]:
-    """(inv_freq of shape (rotary_dim // 2,) in float64, attention factor for cos/sin)."""
+                     scaling: RopeScaling | None = None,
+                     dtype=np.float64) -> tuple[np.ndarray, float]:
+    """(inv_freq of shape (rotary_dim // 2,), attention factor for cos/sin).
+
+    The base frequencies ``1 / theta ** (2i / r)`` are computed in ``dtype`` (float64 for the
+    oracle; float32 in the naive baseline, as every implementation computes them), the scaling
+    arithmetic on top of them in float64.
+    """
     r = rotary_dim
     if scaling is not None and scaling.kind == "ntk":
         theta = theta * scaling.factor ** (r / (r - 2))
-    inv_freq = 1.0 / theta ** (np.arange(0, r, 2, dtype=np.float64) / r)
+    exponent = np.arange(0, r, 2, dtype=dtype) / np.asarray(r, dtype)
+    inv_freq = (np.asarray(1.0, dtype) / np.asarray(theta, dtype) ** exponent).astype(np.float64)
     if scaling is None or scaling.kind == "ntk":
         return inv_freq, 1.0
     if scaling.kind == "linear":
@@ -58,8 +65,8 @@ def rope_frequencies(rotary_dim: int, theta: float = 10000.0,
 
 def _cos_sin(positions, r, theta, scaling):
     """cos and sin of the angles, (B, T, 1, r/2), computed in the accumulation dtype."""
-    inv_freq, mscale = rope_frequencies(r, theta, scaling)
     acc = _acc()
+    inv_freq, mscale = rope_frequencies(r, theta, scaling, dtype=acc)
     angles = np.asarray(positions, dtype=acc)[..., None] * inv_freq.astype(acc)  # (B, T, r/2)
     cos = f(np.cos(angles) * acc.type(mscale))[:, :, None, :]
     sin = f(np.sin(angles) * acc.type(mscale))[:, :, None, :]

@@ -37,7 +37,7 @@ def _probs(q, k, segment_ids_q, segment_ids_kv, causal, window, softcap, scale):
     mask = visible(tq, tk, segment_ids_q, segment_ids_kv, causal=causal, window=window, batch=b)
     any_visible = mask.any(axis=-1)  # (B, 1, Tq)
     m = np.where(any_visible, np.max(np.where(mask, s, -np.inf), axis=-1, initial=-np.inf), 0)
-    e = np.where(mask, exp(s - f(m)[..., None]), c(0.0))
+    e = np.where(mask, exp(np.where(mask, s - f(m)[..., None], -np.inf)), c(0.0))
     total = sum_(e, axis=-1)  # (B, Hq, Tq)
     p = f(e / np.where(total > 0, total, c(1.0))[..., None])
     with np.errstate(divide="ignore"):

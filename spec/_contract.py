@@ -22,6 +22,9 @@ class Case:
     arrays: Mapping[str, np.ndarray | None]
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # hypothesis prints this for a falsifying example
+        return f"Case<{self.describe()}>"
+
     def describe(self) -> str:
         shapes = ", ".join(
             f"{k}={'None' if v is None else tuple(v.shape)}" for k, v in self.arrays.items()
@@ -60,6 +63,8 @@ class Component:
     - ``errors``: bad inputs and how they must be rejected.
     - ``neg_inf_outputs``: outputs where -inf is a legitimate exact value (sdpa's lse on a
       fully masked row); their -inf pattern is compared exactly, the rest by tolerance.
+    - ``wide_outputs``: outputs returned in float32 or wider whatever the input dtype (lse,
+      a loss); their cotangents are float32.
     """
 
     stem: str
@@ -70,6 +75,7 @@ class Component:
     integer_inputs: tuple[str, ...] = ()
     errors: tuple[ErrorCase, ...] = ()
     neg_inf_outputs: tuple[str, ...] = ()
+    wide_outputs: tuple[str, ...] = ()
     summary: str = ""
 
     @property

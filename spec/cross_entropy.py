@@ -92,6 +92,7 @@ COMPONENT = Component(
     outputs=("loss",),
     differentiable=("logits",),
     integer_inputs=("targets",),
+    wide_outputs=("loss",),
     cases=_cases,
     errors=(
         ErrorCase("target equal to V", _bad_target, IndexError, r"targets"),

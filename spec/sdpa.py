@@ -130,6 +130,7 @@ COMPONENT = Component(
     differentiable=("q", "k", "v"),
     integer_inputs=("segment_ids_q", "segment_ids_kv"),
     neg_inf_outputs=("lse",),
+    wide_outputs=("lse",),
     cases=attention_cases,
     errors=(
         ErrorCase("Hq not a multiple of Hkv", _qkv(hq=3, hkv=2), ValueError, r"heads"),

@@ -1,0 +1,35 @@
+"""Conformance of log_softmax: forward (1e30-scale logits included), gradient, error inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+
+from lmspec.conformance import _check as check
+from lmspec.spec import Case
+from lmspec.spec import _strategies as S
+from lmspec.spec.log_softmax import COMPONENT
+
+STEM = COMPONENT.stem
+
+
+@given(case=COMPONENT.cases())
+def test_forward(target, case):
+    check.check_forward(target, STEM, case)
+
+
+@given(case=COMPONENT.cases(), seed=S.seeds())
+def test_backward(target, case, seed):
+    check.check_backward(target, STEM, case, seed)
+
+
+def test_errors(target):
+    check.check_errors(target, STEM)
+
+
+@given(case=COMPONENT.cases())
+def test_shift_invariance(target, case):
+    """log_softmax(x + c) == log_softmax(x) on integer x and c (x + c exact)."""
+    x = np.clip(case.arrays["x"].round(), -64, 64)
+    check.check_same(target, "shift_invariance", STEM, Case({"x": x}, case.params),
+                     Case({"x": x + 16.0}, case.params))

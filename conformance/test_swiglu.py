@@ -1,0 +1,46 @@
+"""Conformance of swiglu: forward, gradient, error inputs, and the spec's properties."""
+
+from __future__ import annotations
+
+from hypothesis import given
+
+from lmspec.conformance import _check as check
+from lmspec.spec import Case
+from lmspec.spec import _strategies as S
+from lmspec.spec.swiglu import COMPONENT
+
+STEM = COMPONENT.stem
+
+
+@given(case=COMPONENT.cases())
+def test_forward(target, case):
+    check.check_forward(target, STEM, case)
+
+
+@given(case=COMPONENT.cases(), seed=S.seeds())
+def test_backward(target, case, seed):
+    check.check_backward(target, STEM, case, seed)
+
+
+def test_errors(target):
+    check.check_errors(target, STEM)
+
+
+@given(case=COMPONENT.cases())
+def test_rows_are_independent(target, case):
+    """The FFN of the last row alone equals that row of the batched FFN."""
+    x = case.arrays["x"].reshape(-1, case.arrays["x"].shape[-1])
+    if x.shape[0] < 2:
+        return
+    check.check_same(target, "rows_independent", STEM, Case(dict(case.arrays, x=x), case.params),
+                     Case(dict(case.arrays, x=x[-1:]), case.params), view_a=lambda o: o[0][-1:])
+
+
+
+@given(case=COMPONENT.cases())
+def test_linear_in_the_up_projection(target, case):
+    """swiglu(x, Wg, 2 Wu, Wd) == 2 swiglu(x, Wg, Wu, Wd): the up branch is linear, the gate
+    is not, so a SiLU on the wrong branch breaks it (2 Wu is exact in any dtype)."""
+    doubled = dict(case.arrays, w_up=2.0 * case.arrays["w_up"])
+    check.check_same(target, "linear_in_up", STEM, Case(doubled, case.params), case,
+                     view_b=lambda o: 2.0 * o[0])

@@ -1,0 +1,210 @@
+"""Render result rows (conformance.jsonl, bench.jsonl) as markdown and one self-contained HTML
+page: the component x backend x dtype matrix, worst error ratios, speed ratios and gates."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ORDER = ("failed", "not implemented", "skipped", "passed")
+SYMBOL = {"passed": "pass", "failed": "FAIL", "not implemented": "n/i", "skipped": "skip"}
+COLOR = {"passed": "#d4f4d4", "failed": "#f8c8c8", "not implemented": "#e8e8e8",
+         "skipped": "#f4f0d0"}
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def conformance_matrix(rows: list[dict]) -> tuple[list[str], list[str], dict]:
+    """-> (components, columns 'backend/dtype', cells[(component, column)] = summary dict)."""
+    facts: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(dict)
+    for r in rows:
+        facts[(r["component"], r["backend"], r["dtype"], r["test"])][r["metric"]] = r["value"]
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for (comp, backend, dtype, test), f in facts.items():
+        cell = cells.setdefault((comp, f"{backend}/{dtype}"), {
+            "status": "passed", "ratio": 0.0, "failed_tests": [], "tests": 0,
+            "unsupported": 0, "weak": 0})
+        status = f.get("outcome", "passed")
+        cell["tests"] += 1
+        if ORDER.index(status) < ORDER.index(cell["status"]):
+            cell["status"] = status
+        if status == "failed":
+            cell["failed_tests"].append(test)
+        cell["ratio"] = max(cell["ratio"], float(f.get("worst_ratio", 0.0) or 0.0))
+        cell["unsupported"] += int(f.get("unsupported", 0) or 0)
+        cell["weak"] += int(f.get("weak", 0) or 0)
+    # a component whose every test was skipped as not implemented shows as such
+    comps = sorted({c for c, _ in cells})
+    cols = sorted({col for _, col in cells}, key=lambda c: (c.split("/")[0] != "reference", c))
+    return comps, cols, cells
+
+
+def _cell_text(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    text = SYMBOL[cell["status"]]
+    if cell["status"] in ("passed", "failed") and cell["ratio"]:
+        text += f" {cell['ratio']:.2f}"
+    if cell["unsupported"]:
+        text += f" ({cell['unsupported']} unsupported)"
+    return text
+
+
+def _bench_tables(rows: list[dict]) -> tuple[list[list[Any]], list[list[Any]]]:
+    timings = [[r["component"], r["backend"], r.get("shape", ""), r.get("dtype", ""),
+                r["value"]] for r in rows if r["metric"] == "median_s"]
+    ratios = [[r["component"], r["backend"], r.get("shape", ""), r["metric"],
+               f"{r['value']:.3g}", r.get("gate", ""), r.get("verdict", "")]
+              for r in rows if r["metric"].startswith("speedup_vs_")]
+    return timings, ratios
+
+
+def _plot_ratios(comps, cols, cells) -> str:
+    """Heatmap of worst error ratio (err / bound; < 1 passes) as a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.full((len(comps), len(cols)), np.nan)
+    for i, c in enumerate(comps):
+        for j, col in enumerate(cols):
+            cell = cells.get((c, col))
+            if cell and cell["status"] in ("passed", "failed"):
+                data[i, j] = min(cell["ratio"], 2.0)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(cols), 0.8 + 0.35 * len(comps)))
+    im = ax.imshow(data, cmap="RdYlGn_r", vmin=0, vmax=2, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(comps)), comps, fontsize=8)
+    fig.colorbar(im, ax=ax, label="worst err / bound (capped at 2; < 1 passes)")
+    ax.set_title("worst error ratio per component and backend/dtype", fontsize=9)
+    return _png(fig)
+
+
+def _plot_speedups(rows: list[dict]) -> str | None:
+    sp = [r for r in rows if r["metric"].startswith("speedup_vs_")]
+    if not sp:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['component']} {r['backend']} {r['metric'][len('speedup_vs_'):]}" for r in sp]
+    values = [r["value"] for r in sp]
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.28 * len(sp)))
+    ax.barh(range(len(sp)), values, color=["#4a8" if r.get("verdict") != "FAIL" else "#c44"
+                                            for r in sp])
+    ax.set_yticks(range(len(sp)), labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("speedup (x), measured in the same run; > 1 is faster than the peer")
+    return _png(fig)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _markdown(comps, cols, cells, bench_rows, meta) -> str:
+    from tabulate import tabulate
+
+    lines = ["# lmspec report", "", f"Machine: {meta.get('machine', '?')}; lmspec "
+             f"{meta.get('version', '?')}; generated from result rows at {meta.get('time', '?')}.",
+             "", "## Conformance", "",
+             "Cell: outcome and worst error ratio (error / tolerance bound; below 1 passes). "
+             "`n/i`: not implemented (never counted as a pass).", ""]
+    if comps:
+        table = [[c] + [_cell_text(cells.get((c, col))) for col in cols] for c in comps]
+        lines.append(tabulate(table, headers=["component", *cols], tablefmt="github"))
+        totals = defaultdict(int)
+        for cell in cells.values():
+            totals[cell["status"]] += 1
+        lines += ["", "Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())), ""]
+        failures = [(c, col, cell["failed_tests"]) for (c, col), cell in sorted(cells.items())
+                    if cell["failed_tests"]]
+        if failures:
+            lines += ["### Failures", ""] + [f"- {c} on {col}: {', '.join(t)}"
+                                             for c, col, t in failures] + [""]
+    else:
+        lines.append("No conformance results.")
+    timings, ratios = _bench_tables(bench_rows)
+    if ratios:
+        lines += ["## Speed (ratios measured in the same run)", "",
+                  tabulate(ratios, headers=["component", "backend", "shape", "ratio", "value",
+                                            "gate", "verdict"], tablefmt="github"), ""]
+    if timings:
+        lines += ["### Median times (s, this machine)", "",
+                  tabulate(timings, headers=["component", "impl", "shape", "dtype", "median s"],
+                           tablefmt="github", floatfmt=".3g"), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _html(md_comps, cols, cells, bench_rows, meta, heat_png, speed_png) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    body = []
+    for comp in md_comps:
+        tds = []
+        for col in cols:
+            cell = cells.get((comp, col))
+            color = COLOR.get(cell["status"], "#fff") if cell else "#fff"
+            title = esc(", ".join(cell["failed_tests"])) if cell else ""
+            tds.append(f'<td style="background:{color}" title="{title}">'
+                       f"{esc(_cell_text(cell))}</td>")
+        body.append(f"<tr><th>{esc(comp)}</th>{''.join(tds)}</tr>")
+    _, ratios = _bench_tables(bench_rows)
+    bench_html = ""
+    if ratios:
+        rows = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>"
+                       for r in ratios)
+        bench_html = ("<h2>Speed (ratios measured in the same run)</h2><table><tr><th>component"
+                      "</th><th>backend</th><th>shape</th><th>ratio</th><th>value</th><th>gate"
+                      f"</th><th>verdict</th></tr>{rows}</table>")
+        if speed_png:
+            bench_html += f'<p><img alt="speedups" src="data:image/png;base64,{speed_png}"></p>'
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>lmspec report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:3px 6px;font-size:12px}}</style></head><body>
+<h1>lmspec report</h1><p>Machine: {esc(str(meta.get('machine', '?')))}; lmspec
+{esc(str(meta.get('version', '?')))}; results from {esc(str(meta.get('time', '?')))}.</p>
+<h2>Conformance</h2><p>Cell: outcome and worst error ratio (error / bound; below 1 passes);
+n/i = not implemented, never counted as a pass. Hover a failing cell for its tests.</p>
+<table><tr><th>component</th>{head}</tr>{''.join(body)}</table>
+{f'<p><img alt="error ratios" src="data:image/png;base64,{heat_png}"></p>' if heat_png else ''}
+{bench_html}</body></html>
+"""
+
+
+def render(results: Path) -> list[Path]:
+    """Write report.md and report.html into ``results``; returns their paths."""
+    results = Path(results)
+    conf = _read(results / "conformance.jsonl")
+    bench_rows = _read(results / "bench.jsonl")
+    meta = (conf or bench_rows or [{}])[0]
+    comps, cols, cells = conformance_matrix(conf)
+    md = _markdown(comps, cols, cells, bench_rows, meta)
+    heat = _plot_ratios(comps, cols, cells) if comps else None
+    page = _html(comps, cols, cells, bench_rows, meta, heat, _plot_speedups(bench_rows))
+    out_md, out_html = results / "report.md", results / "report.html"
+    for path, text in ((out_md, md), (out_html, page)):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return [out_md, out_html]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from lmspec.conformance import _check as check
 from lmspec.spec import Case
 from lmspec.spec import _strategies as S
-from lmspec.spec.rope import COMPONENT
+from lmspec.spec.rope import COMPONENT, RopeScaling
 
 STEM = COMPONENT.stem
 
@@ -84,3 +84,22 @@ def test_depends_only_on_relative_position(target, case, p, s, shift):
     near = Case({"x": qk, "positions": np.array([[p, s]], np.int64)}, case.params)
     far = Case({"x": qk, "positions": np.array([[p + shift, s + shift]], np.int64)}, case.params)
     check.check_same(target, "relative_position", STEM, near, far, view_a=dots, view_b=dots)
+
+
+@given(case=COMPONENT.cases(), factor=st.sampled_from((2.0, 8.0, 40.0)))
+def test_yarn_temperature_scales_the_rotated_features(target, case, factor):
+    """YaRN's attention factor m = 0.1 ln(factor) + 1 multiplies cos and sin: the result equals
+    m times the same rotation with the factor set to 1 (pass-through features unscaled)."""
+    r = _rotary_dim(case)
+    m = 0.1 * np.log(factor) + 1.0
+    default = RopeScaling("yarn", factor=factor, original_max_position=64)
+    plain = RopeScaling("yarn", factor=factor, original_max_position=64, attention_factor=1.0)
+
+    def scaled(o):
+        y = o[0].copy()
+        y[..., :r] *= m
+        return y
+
+    check.check_same(target, "yarn_temperature", STEM,
+                     Case(case.arrays, dict(case.params, scaling=default)),
+                     Case(case.arrays, dict(case.params, scaling=plain)), view_b=scaled)

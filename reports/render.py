@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.tight_layout()
+    with warnings.catch_warnings():  # tight_layout warns on long labels; the page is still fine
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()

@@ -19,7 +19,12 @@ SCALES = (1e-3, 0.1, 1.0, 4.0, 30.0)
 
 
 def sizes(choices: tuple[int, ...] = SIZES, min_size: int = 0) -> st.SearchStrategy[int]:
-    return st.sampled_from(tuple(c for c in choices if c >= min_size))
+    """A dimension from ``choices``; 0 (an empty tensor), when allowed, about one draw in ten,
+    so that empty cases are always exercised but do not crowd out the informative ones."""
+    nonzero = tuple(c for c in choices if c >= max(min_size, 1))
+    if 0 not in choices or min_size > 0:
+        return st.sampled_from(nonzero)
+    return st.integers(0, 9).flatmap(lambda i: st.just(0) if i == 0 else st.sampled_from(nonzero))
 
 
 def seeds() -> st.SearchStrategy[int]:
@@ -75,3 +80,7 @@ def int_arrays(draw, shape: tuple[int, ...], low: int, high: int) -> np.ndarray:
 def leading_shapes(max_dims: int = 2) -> st.SearchStrategy[tuple[int, ...]]:
     """Batch-like leading dimensions, including empty batches and the scalar-row case ()."""
     return st.lists(sizes((0, 1, 2, 3, 5)), min_size=0, max_size=max_dims).map(tuple)
+
+
+def nonempty(choices: tuple[int, ...]) -> st.SearchStrategy[int]:
+    return sizes(choices, min_size=1)

@@ -15,8 +15,9 @@ Two holes closed:
 - *trivial answers*: when the bound would admit returning zeros (max|ref| <= bound, for an
   output that is not itself ~0) or the mean (max|ref - mean| <= bound, for an output that is
   not itself constant), the k-fold slack is dropped: the backend must then be as accurate as
-  naive (err <= max(err_naive, floor)). Such a case is flagged ``weak``; mutant tests prove
-  that all-zeros and mean answers fail the suite.
+  naive (err <= max(err_naive, floor)); and in every case the error must stay below half the
+  trivial answers' errors. Such a case is flagged ``weak``; mutant tests prove that all-zeros
+  and mean answers fail the suite.
 - *no baseline*: when the naive evaluation overflows (non-finite error), the per-dtype
   rtol/atol table of torch.testing is used instead, elementwise.
 """
@@ -173,9 +174,13 @@ def judge(got: np.ndarray, ref64: np.ndarray, naive: np.ndarray, *, out_dtype: n
     spread = float(np.abs(np.where(finite, r - mean, 0.0)).max(initial=0.0))
     # trivial answers: all zeros (when the output is not itself ~0) or the mean (when the
     # output is not itself constant); the bound must not admit them
-    weak = (scale > floor and bound >= scale) or (spread > floor and bound >= spread)
+    trivial = [t for t in (scale, spread) if t > floor]  # the trivial answers' errors
+    weak = any(bound >= t for t in trivial)
     if weak:
         bound = max(naive_err, floor)
-    ok = err <= bound
+    # never accept an answer no better than a trivial one, however bad naive is: the error
+    # must be at most half a trivial answer's (a trivial error counts only above the floor,
+    # i.e. above 4 ulps, so a correct answer within 2 ulps is never refused)
+    ok = err <= bound and all(err <= t / 2 for t in trivial)
     return Verdict(ok, err, bound, naive_err, floor, k, weak=weak, worst_index=idx,
                    worst_value=wv, worst_ref=wr, reason="" if ok else "error above the bound")

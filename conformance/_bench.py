@@ -1,0 +1,100 @@
+"""Shared machinery of the benchmarks (bench_<stem>.py): implementations to time, the same
+inputs for all of them, and the gates, stated as ratios measured in the same run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lmspec import backends
+from lmspec.conformance._check import Target, to_native
+
+QUICK = os.environ.get("LMSPEC_BENCH_QUICK") == "1"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``impl`` must be at least ``min_ratio`` times as fast as ``baseline`` on ``component``."""
+
+    component: str
+    impl: str
+    baseline: str  # "reference" or a peer name
+    min_ratio: float
+    shape: str | None = None  # only at this shape label (None: every shape)
+    reason: str = ""
+
+
+GATES = (
+    Gate("sdpa", "torch_triton", "reference", 10.0, "T1024", "issue 2: >= 10x the reference"),
+    Gate("sdpa", "jax_xla", "reference", 10.0, "T1024", "issue 2: >= 10x the reference"),
+    Gate("sdpa", "torch_triton", "peer:torch.sdpa", 0.8, None, "no slower than 0.8x its peer"),
+    Gate("sdpa", "jax_xla", "peer:jax.nn.dpa", 0.8, None, "no slower than 0.8x its peer"),
+    Gate("rms_norm", "torch_triton", "peer:F.rms_norm", 0.8, None, "no slower than 0.8x its peer"),
+    Gate("rms_norm", "jax_xla", "peer:jnp", 0.8, None, "no slower than 0.8x its peer"),
+    Gate("cross_entropy", "torch_triton", "peer:F.cross_entropy", 0.8, None,
+         "no slower than 0.8x its peer"),
+    Gate("cross_entropy", "jax_xla", "peer:jnp", 0.8, None, "no slower than 0.8x its peer"),
+)
+
+
+def selected_backends() -> list[backends.Backend]:
+    """$LMSPEC_BENCH_BACKENDS (comma-separated) or every installed backend but peers."""
+    names = [n for n in os.environ.get("LMSPEC_BENCH_BACKENDS", "").split(",") if n]
+    explicit = bool(names)
+    names = names or [n for n in backends.available() if n not in ("peers", "triton_interpret")]
+    if "reference" not in names:
+        names.insert(0, "reference")
+    out = []
+    for n in names:
+        try:
+            out.append(backends.load(n))
+        except backends.BackendUnavailable:
+            if explicit:
+                raise
+    return out
+
+
+def sync(x: Any) -> Any:
+    """Wait for asynchronous results (JAX dispatch, CUDA) so the timing is real."""
+    for leaf in x if isinstance(x, (tuple, list)) else (x,):
+        if hasattr(leaf, "block_until_ready"):
+            leaf.block_until_ready()
+        elif hasattr(leaf, "is_cuda") and leaf.is_cuda:
+            import torch
+
+            torch.cuda.synchronize()
+    return x
+
+
+def backend_callable(backend: backends.Backend, stem: str, arrays: dict, params: dict,
+                     dtype: str = "float32") -> Callable[[], Any]:
+    if backend.name == "reference":
+        dtype = "float64"  # the oracle, as users run it
+    target = Target(backend, dtype)
+    native = to_native(target, stem, arrays)
+    fn = backend.fn(stem)
+    return lambda: sync(fn(**native, **params))
+
+
+def run(benchmark, fn: Callable[[], Any], impl: str, slow: bool = False) -> None:
+    fn()  # warm-up: compile (jit), allocate
+    rounds = 2 if (slow or QUICK) else 8
+    benchmark.extra_info["impl"] = impl
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def impl_params(peers: dict[str, Callable[[], Any] | None]) -> list:
+    """pytest params: every selected backend, then the peers whose library is installed."""
+    params = [pytest.param(("backend", b), id=b.name) for b in selected_backends()]
+    params += [pytest.param(("peer", (name, make)), id=name) for name, make in peers.items()]
+    return params
+
+
+def rng_arrays(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal(s) for n, s in shapes.items()}

@@ -1,0 +1,44 @@
+"""Report generation from result rows: the matrix, failures, speed ratios; self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from lmspec.reports import render
+
+
+def _row(component, backend, dtype, test, metric, value):
+    return {"component": component, "backend": backend, "dtype": dtype, "test": test,
+            "metric": metric, "value": value, "machine": "test", "version": "0", "time": "t"}
+
+
+def test_matrix_shows_pass_fail_and_not_implemented(tmp_path):
+    rows = [
+        _row("sdpa", "torch_triton", "bfloat16", "forward", "outcome", "passed"),
+        _row("sdpa", "torch_triton", "bfloat16", "forward", "worst_ratio", 0.42),
+        _row("sdpa", "torch_triton", "bfloat16", "backward", "outcome", "failed"),
+        _row("sdpa", "torch_triton", "bfloat16", "backward", "worst_ratio", 3.5),
+        _row("rope", "torch_triton", "bfloat16", "forward", "outcome", "not implemented"),
+        _row("rope", "reference", "float64", "forward", "outcome", "passed"),
+    ]
+    (tmp_path / "conformance.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = [{"component": "sdpa", "backend": "torch_triton", "shape": "T1024",
+              "metric": "speedup_vs_reference", "value": 25.0, "gate": ">= 10",
+              "verdict": "PASS", "machine": "m", "time": "t", "version": "0"}]
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bench))
+    md_path, html_path = render.render(tmp_path)
+    md = md_path.read_text()
+    assert "FAIL 3.50" in md and "n/i" in md and "backward" in md
+    assert "speedup_vs_reference" in md and "PASS" in md
+    page = html_path.read_text()
+    assert "<table>" in page and "data:image/png;base64," in page
+    # self-contained: no external resources
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_not_implemented_is_never_counted_as_passed(tmp_path):
+    rows = [_row("rope", "x", "float32", t, "outcome", o)
+            for t, o in (("forward", "passed"), ("backward", "not implemented"))]
+    comps, cols, cells = render.conformance_matrix(rows)
+    assert cells[("rope", "x/float32")]["status"] == "not implemented"

@@ -4,6 +4,7 @@ failure say how to reproduce it in one line."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -70,11 +71,20 @@ def _input_scale(stem: str, arrays: Mapping, extra: Sequence = ()) -> float:
 
 def magnitudes(stem: str, arrays: Mapping, params: Mapping, cts: Sequence | None = None):
     """The scale at which a correct implementation's rounding errors live, per output (or per
-    gradient when ``cts`` is given): the reference on the absolute values of its inputs (the
-    forward-error scale of sums), or the inputs' own scale where that is zero."""
+    gradient when ``cts`` is given): the reference's own ``<stem>_magnitude`` /
+    ``<stem>_vjp_magnitude`` where it defines one (an error model the generic rule misses),
+    else the reference on the absolute values of its inputs (the forward-error scale of sums),
+    or the inputs' own scale where that is zero."""
     absd = _abs_inputs(stem, arrays)
     fallback = _input_scale(stem, arrays, cts or ())
+    hook = getattr(importlib.import_module(f"lmspec.reference.{stem}"),
+                   f"{stem}_magnitude" if cts is None else f"{stem}_vjp_magnitude", None)
     with np.errstate(all="ignore"):
+        if hook is not None and cts is None:
+            return [_mag(o, fallback) for o in _tuple(hook(**arrays, **params))]
+        if hook is not None:
+            grads = hook(cts[0] if len(cts) == 1 else tuple(cts), **arrays, **params)
+            return {k: _mag(v, fallback) for k, v in grads.items() if v is not None}
         if cts is None:
             outs = reference_outputs(stem, absd, params)
             return [_mag(o, fallback) for o in outs]
@@ -389,8 +399,7 @@ def check_same(target: Target, name: str, stem: str, case_a: Case, case_b: Case,
         naive = np.asarray(view(tuple(np.asarray(o, np.float64) for o in reference_outputs(
             st, arrays, case.params, target.np_dtype))), np.float64)
         with np.errstate(all="ignore"):
-            mag = _mag(view(reference_outputs(st, _abs_inputs(st, arrays), case.params)),
-                       _input_scale(st, arrays))
+            mag = max(magnitudes(st, arrays, case.params))
         got = outputs_np(target, st, case)
         if got is None:
             return

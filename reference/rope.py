@@ -20,7 +20,7 @@ def _yarn(inv_freq: np.ndarray, r: int, theta: float, s: RopeScaling) -> np.ndar
     low, high = max(low, 0), min(high, r - 1)
     if low == high:
         high += 0.001
-    ramp = np.clip((np.arange(r // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    ramp = np.clip((np.arange(r // 2, dtype=inv_freq.dtype) - low) / (high - low), 0.0, 1.0)
     extrapolation = 1.0 - ramp
     return inv_freq / s.factor * (1.0 - extrapolation) + inv_freq * extrapolation
 
@@ -42,25 +42,24 @@ def rope_frequencies(rotary_dim: int, theta: float = 10000.0,
                      dtype=np.float64) -> tuple[np.ndarray, float]:
     """(inv_freq of shape (rotary_dim // 2,), attention factor for cos/sin).
 
-    The base frequencies ``1 / theta ** (2i / r)`` are computed in ``dtype`` (float64 for the
-    oracle; float32 in the naive baseline, as every implementation computes them), the scaling
-    arithmetic on top of them in float64.
+    Computed in ``dtype`` throughout (float64 for the oracle; float32 in the naive baseline, as
+    implementations compute them: HF does this arithmetic in float32), returned as float64.
     """
     r = rotary_dim
     if scaling is not None and scaling.kind == "ntk":
         theta = theta * scaling.factor ** (r / (r - 2))
     exponent = np.arange(0, r, 2, dtype=dtype) / np.asarray(r, dtype)
-    inv_freq = (np.asarray(1.0, dtype) / np.asarray(theta, dtype) ** exponent).astype(np.float64)
+    inv_freq = np.asarray(1.0, dtype) / np.asarray(theta, dtype) ** exponent
     if scaling is None or scaling.kind == "ntk":
-        return inv_freq, 1.0
+        return inv_freq.astype(np.float64), 1.0
     if scaling.kind == "linear":
-        return inv_freq / scaling.factor, 1.0
+        return (inv_freq / scaling.factor).astype(np.float64), 1.0
     if scaling.kind == "llama3":
-        return _llama3(inv_freq, scaling), 1.0
+        return _llama3(inv_freq, scaling).astype(np.float64), 1.0
     attention_factor = scaling.attention_factor
     if attention_factor is None:
         attention_factor = 1.0 if scaling.factor <= 1 else 0.1 * math.log(scaling.factor) + 1.0
-    return _yarn(inv_freq, r, theta, scaling), attention_factor
+    return _yarn(inv_freq, r, theta, scaling).astype(np.float64), attention_factor
 
 
 def _cos_sin(positions, r, theta, scaling):
@@ -115,3 +114,25 @@ def rope_vjp(dy, x, positions, *, theta=10000.0, rotary_dim=None, interleaved=Fa
     gu = f(f(du * cos) + f(dv * sin))
     gv = f(f(dv * cos) - f(du * sin))
     return {"x": _join(gu, gv, dy[..., r:], interleaved)}
+
+
+def _angle_scale(positions, rotary_dim, theta, scaling) -> float:
+    """Largest |angle| in radians (at least 1): float32 angles err by ulps of this."""
+    inv_freq, _ = rope_frequencies(rotary_dim, theta, scaling)
+    top = float(np.max(np.asarray(positions), initial=0)) * float(inv_freq.max(initial=0.0))
+    return max(1.0, top)
+
+
+def rope_magnitude(x, positions, *, theta=10000.0, rotary_dim=None, interleaved=False,
+                   scaling=None):
+    """Error scale of a correct rope: |x| times the largest angle (an angle of a radians is
+    only known to ulps of a in the compute dtype; sin/cos carry that error to the output)."""
+    x = np.asarray(x, np.float64)
+    r = x.shape[-1] if rotary_dim is None else rotary_dim
+    _, mscale = rope_frequencies(r, theta, scaling)
+    scale = float(np.abs(x).max(initial=0.0)) * max(1.0, mscale)
+    return np.asarray(scale * _angle_scale(positions, r, theta, scaling))
+
+
+def rope_vjp_magnitude(dy, x, positions, **params):
+    return {"x": rope_magnitude(dy, positions, **params)}

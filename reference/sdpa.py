@@ -83,3 +83,22 @@ def sdpa_vjp(cotangents, q, k, v, segment_ids_q=None, segment_ids_kv=None, *, ca
     dq = f(einsum("bhqk,bkhd->bqhd", ds, kh) * c(scale))
     dk = f(einsum("bhqk,bqhd->bkhd", ds, f(q)) * c(scale))
     return {"q": dq, "k": _fold_heads(dk, hkv), "v": _fold_heads(dv, hkv)}
+
+
+def sdpa_vjp_magnitude(cotangents, q, k, v, segment_ids_q=None, segment_ids_kv=None, *,
+                       causal=False, window=None, softcap=None, scale=None):
+    """Error scale of a correct backward: the standard (FlashAttention) backward forms
+    ``ds = p * (dp - rowsum(dout * out))`` from a rounded ``out``; where the exact ds cancels
+    (one visible key) its rounding noise lives at the scale of ``p * (|dp| + |rowsum|)``."""
+    dout, dlse = (np.abs(np.asarray(t, np.float64)) for t in cotangents)
+    scale = _default_scale(q.shape[-1], scale)
+    hkv = k.shape[2]
+    s0, _, p, _, kh = _probs(q, k, segment_ids_q, segment_ids_kv, causal, window, softcap, scale)
+    vh = np.abs(np.repeat(np.asarray(v, np.float64), q.shape[2] // hkv, axis=2))
+    dp = np.einsum("bqhd,bkhd->bhqk", dout, vh)
+    row = np.sum(dp * p, axis=-1, keepdims=True)
+    ds = p * (dp + row) + p * dlse.transpose(0, 2, 1)[..., None]
+    kh, qa = np.abs(kh), np.abs(np.asarray(q, np.float64))
+    return {"q": np.einsum("bhqk,bkhd->bqhd", ds, kh) * scale,
+            "k": _fold_heads(np.einsum("bhqk,bqhd->bkhd", ds, qa) * scale, hkv),
+            "v": _fold_heads(np.einsum("bhqk,bqhd->bkhd", p, dout), hkv)}

@@ -1,0 +1,56 @@
+"""The triton_interpret backend: torch_triton with its Triton kernels run by the interpreter.
+
+``TRITON_INTERPRET=1`` is set before triton is imported, and the four kernel stems (rms_norm,
+rope, swiglu, cross_entropy) send CPU tensors of float32/bfloat16/float16 through the kernels;
+the other stems take the torch path. For correctness on small shapes only: it is slow.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+from lmspec.backends.torch_triton import (
+    asarray,
+    embedding,
+    geglu,
+    layer_norm,
+    log_softmax,
+    sdpa,
+    softmax,
+    to_numpy,
+    vjp,
+)
+from lmspec.backends.torch_triton.cross_entropy import forward as _cross_entropy
+from lmspec.backends.torch_triton.rms_norm import forward as _rms_norm
+from lmspec.backends.torch_triton.rope import forward as _rope
+from lmspec.backends.torch_triton.swiglu import forward as _swiglu
+from lmspec.spec.cross_entropy import IGNORE_INDEX
+from lmspec.spec.rope import RopeScaling
+
+NAME = "triton_interpret"
+DTYPES = ("float32", "bfloat16", "float16")
+
+__all__ = [
+    "DTYPES", "NAME", "asarray", "cross_entropy", "embedding", "geglu", "layer_norm",
+    "log_softmax", "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
+]
+
+
+def rms_norm(x, weight=None, *, eps: float = 1e-6, weight_offset: float = 0.0):
+    return _rms_norm(x, weight, eps, weight_offset, kernel=True)
+
+
+def rope(x, positions, *, theta: float = 10000.0, rotary_dim: int | None = None,
+         interleaved: bool = False, scaling: RopeScaling | None = None):
+    return _rope(x, positions, theta, rotary_dim, interleaved, scaling, kernel=True)
+
+
+def swiglu(x, w_gate, w_up, w_down):
+    return _swiglu(x, w_gate, w_up, w_down, kernel=True)
+
+
+def cross_entropy(logits, targets, *, ignore_index: int = IGNORE_INDEX,
+                  label_smoothing: float = 0.0, z_loss: float = 0.0):
+    return _cross_entropy(logits, targets, ignore_index, label_smoothing, z_loss, kernel=True)

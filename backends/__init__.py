@@ -26,15 +26,29 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 ENTRY_POINT_GROUP = "lmspec.backends"
+
+
+def _triton_interpreter_without_gpu() -> None:
+    """With no CUDA device, Triton can only run in its interpreter, and Triton fixes that mode
+    when it is first imported (its own tl.* helpers are decorated then; transformers imports it
+    early). So decide before any backend loads: no NVIDIA device node -> TRITON_INTERPRET=1,
+    unless the user has set it either way."""
+    if "TRITON_INTERPRET" not in os.environ and not any(Path("/dev").glob("nvidia[0-9]*")):
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+_triton_interpreter_without_gpu()
 FLOAT_DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 

@@ -1,6 +1,7 @@
 """The triton_interpret backend: torch_triton with its Triton kernels run by the interpreter.
 
-``TRITON_INTERPRET=1`` is set before triton is imported, and the four kernel stems (rms_norm,
+``TRITON_INTERPRET=1`` must be set before triton is first imported (lmspec.backends does
+so on a machine without an NVIDIA device; this module refuses to load otherwise), and the four kernel stems (rms_norm,
 rope, swiglu, cross_entropy) send CPU tensors of float32/bfloat16/float16 through the kernels;
 the other stems take the torch path. For correctness on small shapes only: it is slow.
 """
@@ -10,6 +11,16 @@ from __future__ import annotations
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
+
+import triton.language as _tl  # noqa: E402
+
+from lmspec.backends import BackendUnavailable  # noqa: E402
+
+if type(_tl.standard.sum).__name__ != "InterpretedFunction":
+    raise BackendUnavailable(
+        "triton_interpret: triton was imported before TRITON_INTERPRET=1 was set (another "
+        "library imported it first), and Triton fixes its mode at import; export "
+        "TRITON_INTERPRET=1 or run this backend in a process of its own")
 
 from lmspec.backends.torch_triton import (
     asarray,

@@ -99,8 +99,14 @@ def cmd_conform(ns: argparse.Namespace) -> int:
 def cmd_bench(ns: argparse.Namespace) -> int:
     from lmspec.reports import bench
 
-    return bench.run(ns.backend or [], Path(ns.results), components=_stems_matching(ns.component)
-                     if ns.component else None, quick=ns.quick)
+    code = bench.run(ns.backend or [], Path(ns.results),
+                     components=_stems_matching(ns.component) if ns.component else None,
+                     quick=ns.quick)
+    if (Path(ns.results) / "bench.jsonl").exists():
+        from lmspec.reports import render
+
+        print(f"report: {', '.join(str(p) for p in render.render(Path(ns.results)))}")
+    return code
 
 
 def cmd_report(ns: argparse.Namespace) -> int:

@@ -428,3 +428,32 @@ def check_same(target: Target, name: str, stem: str, case_a: Case, case_b: Case,
         _fail(f"property {name!r} violated: sides differ by {err:.3g} > bound {bound:.3g} "
               f"(= {K['output']:g} x naive errors {naive_err:.3g} + floor {floor:.3g})",
               target, stem, f"property-{name}", "y", case_a)
+
+
+# ----------------------------------------------------------------------------- standard anatomy
+
+
+def standard_tests(comp) -> tuple[Callable, Callable, Callable]:
+    """The three tests every component has: forward and gradient over the spec's strategy,
+    and the spec's error inputs. A test module binds them to ``test_forward``,
+    ``test_backward`` and ``test_errors``; its own properties follow."""
+    from hypothesis import given
+
+    from lmspec.spec._strategies import seeds
+
+    stem = comp.stem
+
+    @given(case=comp.cases())
+    def test_forward(target, case):
+        check_forward(target, stem, case)
+
+    @given(case=comp.cases(), seed=seeds())
+    def test_backward(target, case, seed):
+        check_backward(target, stem, case, seed)
+
+    def test_errors(target):
+        check_errors(target, stem)
+
+    for fn in (test_forward, test_backward, test_errors):
+        fn.__qualname__ = f"{stem}.{fn.__name__}"  # hypothesis seeds derandomized runs by it
+    return test_forward, test_backward, test_errors

@@ -8,24 +8,11 @@ from hypothesis import strategies as st
 
 from lmspec.conformance import _check as check
 from lmspec.spec import Case
-from lmspec.spec import _strategies as S
 from lmspec.spec.rope import COMPONENT, RopeScaling
 
 STEM = COMPONENT.stem
 
-
-@given(case=COMPONENT.cases())
-def test_forward(target, case):
-    check.check_forward(target, STEM, case)
-
-
-@given(case=COMPONENT.cases(), seed=S.seeds())
-def test_backward(target, case, seed):
-    check.check_backward(target, STEM, case, seed)
-
-
-def test_errors(target):
-    check.check_errors(target, STEM)
+test_forward, test_backward, test_errors = check.standard_tests(COMPONENT)
 
 
 def _rotary_dim(case: Case) -> int:

@@ -13,19 +13,7 @@ from lmspec.spec.sdpa import COMPONENT
 
 STEM = COMPONENT.stem
 
-
-@given(case=COMPONENT.cases())
-def test_forward(target, case):
-    check.check_forward(target, STEM, case)
-
-
-@given(case=COMPONENT.cases(), seed=S.seeds())
-def test_backward(target, case, seed):
-    check.check_backward(target, STEM, case, seed)
-
-
-def test_errors(target):
-    check.check_errors(target, STEM)
+test_forward, test_backward, test_errors = check.standard_tests(COMPONENT)
 
 
 @given(case=COMPONENT.cases())

@@ -296,7 +296,8 @@ def explain(v: Verdict) -> str:
     if v.fallback:
         lines.append(f"error {v.err:.3g}: naive baseline overflowed, fallback rtol/atol table")
     elif np.isfinite(v.err):
-        lines.append(f"error {v.err:.3g} > bound {v.bound:.3g} = {v.k:g} x naive error "
+        rel = ">" if v.err > v.bound else "<="
+        lines.append(f"error {v.err:.3g} {rel} bound {v.bound:.3g} = {v.k:g} x naive error "
                      f"{v.naive_err:.3g} + floor {v.floor:.3g}"
                      f"{' (weak case: bound tightened to naive)' if v.weak else ''}; "
                      f"ratio {v.ratio:.3g}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lmspec.reference._numerics import c, f, mean, sqrt, sum_
 from lmspec.spec.layer_norm import check_args
 
@@ -36,3 +38,19 @@ def layer_norm_vjp(dy, x, weight=None, bias=None, *, eps=1e-5, weight_offset=0.0
         "weight": None if weight is None else sum_(flat_dy * xhat.reshape(-1, d), axis=0),
         "bias": None if bias is None else sum_(flat_dy, axis=0),
     }
+
+
+def layer_norm_vjp_magnitude(dy, x, weight=None, bias=None, *, eps=1e-5, weight_offset=0.0):
+    """Error scale of a correct gradient: rstd (|g| + mean|g| + |xhat| mean|g xhat|), the
+    terms of ``g - mean(g) - xhat mean(g xhat)`` (which cancel for D <= 2)."""
+    x, dy = (np.asarray(a, np.float64) for a in (x, dy))
+    d = x.shape[-1]
+    xc = x - x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)
+    xhat = np.abs(xc * rstd)
+    g = np.abs(dy) if weight is None else np.abs(dy * (weight_offset + weight))
+    dx = rstd * (g + g.mean(-1, keepdims=True) + xhat * np.mean(g * xhat, -1, keepdims=True))
+    flat = np.abs(dy).reshape(-1, d)
+    return {"x": dx,
+            "weight": None if weight is None else np.sum(flat * xhat.reshape(-1, d), axis=0),
+            "bias": None if bias is None else np.sum(flat, axis=0)}

@@ -20,3 +20,9 @@ def log_softmax(x, *, axis=-1):
 def log_softmax_vjp(dy, x, *, axis=-1):
     y, dy = log_softmax(x, axis=axis), f(dy)
     return {"x": f(dy - f(exp(y) * sum_(dy, axis=axis, keepdims=True)))}
+
+
+def log_softmax_vjp_magnitude(dy, x, *, axis=-1):
+    """Error scale of a correct gradient: |dy| + exp(y) |sum(dy)| (the terms of dy - p sum dy)."""
+    y, dy = log_softmax(x, axis=axis), np.asarray(dy, np.float64)
+    return {"x": np.abs(dy) + np.exp(y) * np.abs(np.sum(dy, axis=axis, keepdims=True))}

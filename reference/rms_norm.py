@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 from lmspec.reference._numerics import c, f, mean, sqrt, sum_
 from lmspec.spec.rms_norm import check_args
@@ -34,3 +36,15 @@ def rms_norm_vjp(dy, x, weight=None, *, eps=1e-6, weight_offset=0.0):
 
 
 __all__ = ["rms_norm", "rms_norm_vjp"]
+
+
+def rms_norm_vjp_magnitude(dy, x, weight=None, *, eps=1e-6, weight_offset=0.0):
+    """Error scale of a correct gradient: rstd (|g| + |xhat| mean|g xhat|), the terms of
+    ``g - xhat mean(g xhat)``, which cancel when dy is parallel to x (and always at D = 1)."""
+    x, dy = (np.asarray(a, np.float64) for a in (x, dy))
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    xhat = x * rstd
+    g = np.abs(dy) if weight is None else np.abs(dy * (weight_offset + weight))
+    dx = rstd * (g + np.abs(xhat) * np.mean(g * np.abs(xhat), axis=-1, keepdims=True))
+    dw = None if weight is None else np.sum(np.abs(dy * xhat).reshape(-1, x.shape[-1]), 0)
+    return {"x": dx, "weight": dw}

@@ -20,3 +20,10 @@ def softmax(x, *, axis=-1):
 def softmax_vjp(dy, x, *, axis=-1):
     y, dy = softmax(x, axis=axis), f(dy)
     return {"x": f(y * f(dy - sum_(dy * y, axis=axis, keepdims=True)))}
+
+
+def softmax_vjp_magnitude(dy, x, *, axis=-1):
+    """Error scale of a correct gradient: ``dy - sum(dy y)`` cancels on a near one-hot row,
+    while each term is only known to ulps of its own size: y (|dy| + |sum(dy y)|)."""
+    y, dy = softmax(x, axis=axis), np.asarray(dy, np.float64)
+    return {"x": y * (np.abs(dy) + np.abs(np.sum(dy * y, axis=axis, keepdims=True)))}

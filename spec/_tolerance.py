@@ -182,6 +182,10 @@ def judge(got: np.ndarray, ref64: np.ndarray, naive: np.ndarray, *, out_dtype: n
     # never accept an answer no better than a trivial one, however bad naive is: the error
     # must be at most half a trivial answer's (a trivial error counts only above the floor,
     # i.e. above 4 ulps, so a correct answer within 2 ulps is never refused)
-    ok = err <= bound and all(err <= t / 2 for t in trivial)
+    beats_trivial = all(err <= t / 2 for t in trivial)
+    ok = err <= bound and beats_trivial
+    reason = "" if ok else ("error above the bound" if err > bound else
+                            "no better than a trivial answer (all zeros or the mean): the error "
+                            "must be at most half of theirs")
     return Verdict(ok, err, bound, naive_err, floor, k, weak=weak, worst_index=idx,
-                   worst_value=wv, worst_ref=wr, reason="" if ok else "error above the bound")
+                   worst_value=wv, worst_ref=wr, reason=reason)

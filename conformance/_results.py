@@ -17,7 +17,7 @@ DEFAULT_DIR = Path("results")
 # (stem, backend, dtype, test) -> aggregated facts
 _checks: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(
     lambda: {"examples": 0, "worst_ratio": 0.0, "weak": 0, "fallback": 0, "unsupported": 0,
-             "status": None, "unsupported_reason": ""})
+             "out_of_range": 0, "status": None, "unsupported_reason": ""})
 
 
 def results_dir() -> Path:
@@ -28,8 +28,17 @@ def failures_dir() -> Path:
     return results_dir() / "failures"
 
 
+def _current_test(default: str) -> str:
+    """The running pytest test's name (``test_backward[...]`` -> ``backward``), so that the
+    numbers recorded here join the outcome pytest reports for the same test."""
+    node = os.environ.get("PYTEST_CURRENT_TEST", "")
+    if "::" not in node:
+        return default
+    return node.split("::")[-1].split("[")[0].split(" ")[0].removeprefix("test_")
+
+
 def _key(stem: str, target, test: str) -> tuple[str, str, str, str]:
-    return stem, target.backend.name, target.dtype, test
+    return stem, target.backend.name, target.dtype, _current_test(test)
 
 
 def record_check(stem: str, target, test: str, output: str, verdict) -> None:
@@ -47,6 +56,11 @@ def record_unsupported(stem: str, target, test: str, reason: str) -> None:
     entry = _checks[_key(stem, target, test)]
     entry["unsupported"] += 1
     entry["unsupported_reason"] = reason[:200]
+
+
+def record_out_of_range(stem: str, target, test: str) -> None:
+    """A drawn case overflowed the dtype (its naive evaluation did): redrawn, not judged."""
+    _checks[_key(stem, target, test)]["out_of_range"] += 1
 
 
 def record_status(stem: str, target, test: str, status: str) -> None:
@@ -78,7 +92,8 @@ def outcome_rows(outcomes: dict[tuple[str, str, str, str], str]) -> list[dict[st
         if entry.get("status") == "not implemented":
             status = "not implemented"
         rows.append({**base, "metric": "outcome", "value": status})
-        for metric in ("examples", "worst_ratio", "weak", "fallback", "unsupported"):
+        for metric in ("examples", "worst_ratio", "weak", "fallback", "unsupported",
+                       "out_of_range"):
             if metric in entry:
                 rows.append({**base, "metric": metric, "value": entry[metric]})
         if entry.get("unsupported_reason"):

@@ -19,7 +19,8 @@ A backend is a Python module (or any object with these attributes) that exports:
 
 A backend is selected by name: ``reference`` (built in), a name registered under the
 entry-point group ``lmspec.backends`` (ours register this way too), or a dotted import path
-(``mypkg.my_backend``) or ``module:attribute``, so a package lmspec has never seen can be tested without touching it.
+(``mypkg.my_backend``) or ``module:attribute``, so a package lmspec has never seen can be
+tested without touching it.
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def load(name: str) -> Backend:
     except ModuleNotFoundError as e:
         if e.name and module_name.startswith(e.name) and name not in eps:
             raise ValueError(f"backend: cannot import {module_name!r} ({e})") from e
-        raise BackendUnavailable(f"backend {name!r} needs {e.name!r}, which is not installed") from e
+        raise BackendUnavailable(
+            f"backend {name!r} needs {e.name!r}, which is not installed") from e
     impl = getattr(module, target.split(":")[1]) if ":" in target else module
     return Backend(getattr(impl, "NAME", name), impl)

@@ -53,9 +53,11 @@ def rounded(case: Case, stem: str, dtype: np.dtype) -> dict[str, np.ndarray | No
 
     ints = component(stem).integer_inputs
     top = float(ml_dtypes.finfo(dtype).max)
-    return {n: (a if a is None or n in ints else
-                np.clip(np.asarray(a, np.float64), -top, top).astype(dtype).astype(np.float64))
-            for n, a in case.arrays.items()}
+    def saturate(a: np.ndarray) -> np.ndarray:  # finite values only: -inf stays -inf
+        a = np.asarray(a, np.float64)
+        return np.where(np.isfinite(a), np.clip(a, -top, top), a).astype(dtype).astype(np.float64)
+
+    return {n: (a if a is None or n in ints else saturate(a)) for n, a in case.arrays.items()}
 
 
 def _abs_inputs(stem: str, arrays: Mapping) -> dict:
@@ -175,7 +177,7 @@ def require_impl(target: Target, stem: str, grad: bool = False) -> None:
                     f"{' gradient' if grad else ''} in {target.dtype}")
 
 
-def _call(target: Target, stem: str, test: str, fn: Callable[[], Any]) -> Any:
+def run_case(target: Target, stem: str, test: str, fn: Callable[[], Any]) -> Any:
     """Run backend code; a NotImplementedError for this case is recorded, never passed."""
     try:
         return fn()
@@ -188,7 +190,7 @@ def check_forward(target: Target, stem: str, case: Case) -> None:
     require_impl(target, stem)
     comp = component(stem)
     arrays = rounded(case, stem, target.np_dtype)
-    outs = _call(target, stem, "forward", lambda: target.backend.call(
+    outs = run_case(target, stem, "forward", lambda: target.backend.call(
         stem, to_native(target, stem, arrays), case.params))
     if outs is None:
         return
@@ -199,10 +201,10 @@ def check_forward(target: Target, stem: str, case: Case) -> None:
     _expect_count(len(outs), len(comp.outputs), stem, target, "outputs")
     for name, got, r, n, mag in zip(comp.outputs, outs, ref, naive, mags):
         got_np = target.backend.to_numpy(got)
-        verdict = judge(got_np, r, n, out_dtype=_out_dtype(got_np, target), kind="output",
+        verdict = judge(got_np, r, n, out_dtype=output_dtype(got_np, target), kind="output",
                         backend=target.backend.name, component=stem, dtype=target.dtype,
                         neg_inf_ok=name in comp.neg_inf_outputs, magnitude=mag)
-        _settle(verdict, target, stem, "forward", name, case)
+        settle(verdict, target, stem, "forward", name, case)
 
 
 def check_backward(target: Target, stem: str, case: Case, seed: int) -> None:
@@ -215,7 +217,7 @@ def check_backward(target: Target, stem: str, case: Case, seed: int) -> None:
     cts = cotangents_for(stem, ref, seed, target.np_dtype)
     native = to_native(target, stem, arrays)
     wrt = tuple(n for n in comp.differentiable if arrays.get(n) is not None)
-    grads = _call(target, stem, "gradient", lambda: target.backend.vjp(
+    grads = run_case(target, stem, "gradient", lambda: target.backend.vjp(
         stem, native, case.params, _native_cts(target, stem, cts), wrt))
     if grads is None:
         return
@@ -225,12 +227,12 @@ def check_backward(target: Target, stem: str, case: Case, seed: int) -> None:
     mags = magnitudes(stem, arrays, case.params, cts)
     for name in wrt:
         if grads.get(name) is None:
-            _fail(f"no gradient returned for {name!r}", target, stem, "gradient", name, case)
+            fail(f"no gradient returned for {name!r}", target, stem, "gradient", name, case)
         got_np = target.backend.to_numpy(grads[name])
-        verdict = judge(got_np, ref_g[name], naive_g[name], out_dtype=_out_dtype(got_np, target),
+        verdict = judge(got_np, ref_g[name], naive_g[name], out_dtype=output_dtype(got_np, target),
                         kind="gradient", backend=target.backend.name, component=stem,
                         dtype=target.dtype, magnitude=mags.get(name, 0.0))
-        _settle(verdict, target, stem, "gradient", name, case, extra={"ct_seed": seed})
+        settle(verdict, target, stem, "gradient", name, case, extra={"ct_seed": seed})
 
 
 def check_errors(target: Target, stem: str) -> None:
@@ -285,7 +287,7 @@ def _native_cts(target: Target, stem: str, cts: Sequence[np.ndarray]) -> list:
             for n, c in zip(component(stem).outputs, cts)]
 
 
-def _out_dtype(got: np.ndarray, target: Target) -> np.dtype:
+def output_dtype(got: np.ndarray, target: Target) -> np.dtype:
     """The dtype the backend answered in; never wider than float64, never narrower than the
     target's (so an integer or float8 answer cannot shrink the floor)."""
     dt = np.dtype(got.dtype)
@@ -300,11 +302,11 @@ def _expect_count(got: int, want: int, stem: str, target: Target, what: str) -> 
 # ----------------------------------------------------------------------------- reporting
 
 
-def _settle(verdict: Verdict, target: Target, stem: str, test: str, output: str, case: Case,
+def settle(verdict: Verdict, target: Target, stem: str, test: str, output: str, case: Case,
             extra: Mapping[str, Any] | None = None) -> None:
     _results.record_check(stem, target, test, output, verdict)
     if not verdict.ok:
-        _fail(explain(verdict), target, stem, test, output, case, extra)
+        fail(explain(verdict), target, stem, test, output, case, extra)
 
 
 def explain(v: Verdict) -> str:
@@ -323,7 +325,7 @@ def explain(v: Verdict) -> str:
     return "\n  ".join(lines)
 
 
-def _fail(detail: str, target: Target, stem: str, test: str, output: str, case: Case,
+def fail(detail: str, target: Target, stem: str, test: str, output: str, case: Case,
           extra: Mapping[str, Any] | None = None) -> None:
     lines = [f"\nlmspec conformance failure: {stem} {test}, output {output!r}",
              f"backend={target.backend.name} dtype={target.dtype}",
@@ -392,7 +394,7 @@ def load_case(path: str | Path) -> tuple[dict, Case]:
 def outputs_np(target: Target, stem: str, case: Case) -> tuple[np.ndarray, ...] | None:
     """The backend's outputs on a case (inputs rounded to the dtype), as float64 NumPy."""
     arrays = rounded(case, stem, target.np_dtype)
-    outs = _call(target, stem, "property", lambda: target.backend.call(
+    outs = run_case(target, stem, "property", lambda: target.backend.call(
         stem, to_native(target, stem, arrays), case.params))
     if outs is None:
         return None
@@ -432,7 +434,7 @@ def check_same(target: Target, name: str, stem: str, case_a: Case, case_b: Case,
         pytest.fail(f"property {name!r} fails on the float64 REFERENCE itself (gap {ref_gap:.3g}):"
                     f" the spec or the reference is wrong. case: {case_a.describe()}")
     if not np.array_equal(np.isfinite(ga), np.isfinite(gb)) or ga.shape != gb.shape:
-        _fail(f"property {name!r}: the two sides differ in shape or finiteness", target, stem,
+        fail(f"property {name!r}: the two sides differ in shape or finiteness", target, stem,
               f"property-{name}", "y", case_a)
     from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for
 
@@ -445,7 +447,7 @@ def check_same(target: Target, name: str, stem: str, case_a: Case, case_b: Case,
     err = float(np.abs(np.where(finite, ga - gb, 0)).max(initial=0.0))
     _results.record_check(stem, target, f"property-{name}", "y", None)
     if not (err <= bound or (np.isnan(bound) and err == 0)):
-        _fail(f"property {name!r} violated: sides differ by {err:.3g} > bound {bound:.3g} "
+        fail(f"property {name!r} violated: sides differ by {err:.3g} > bound {bound:.3g} "
               f"(= {K['output']:g} x naive errors {naive_err:.3g} + floor {floor:.3g})",
               target, stem, f"property-{name}", "y", case_a)
 

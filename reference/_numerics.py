@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-_COMPUTE = contextvars.ContextVar("lmspec_reference_dtype", default=np.dtype(np.float64))
+# a numpy dtype is immutable, so the shared default is safe
+_COMPUTE = contextvars.ContextVar("lmspec_reference_dtype", default=np.dtype(np.float64))  # noqa: B039
 
 
 @contextlib.contextmanager

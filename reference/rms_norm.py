@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 from lmspec.reference._numerics import c, f, mean, sqrt, sum_
 from lmspec.spec.rms_norm import check_args
 

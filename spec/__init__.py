@@ -20,7 +20,8 @@ __all__ = ["Case", "Component", "ErrorCase", "component", "module", "stems"]
 @cache
 def stems() -> tuple[str, ...]:
     """Every component stem, sorted."""
-    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+    names = (m.name for m in pkgutil.iter_modules(__path__))
+    return tuple(sorted(n for n in names if not n.startswith("_")))
 
 
 def module(stem: str) -> ModuleType:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, settings
+
 from lmspec import reference as R
 from lmspec.spec import Case, component
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from _refcheck import FD_SETTINGS, assert_close, fd_check
 from hypothesis import given
+
 from lmspec.reference import embedding, embedding_vjp
 from lmspec.spec import Case, component
 

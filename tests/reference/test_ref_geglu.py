@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from _refcheck import FD_SETTINGS, assert_close, fd_check, rng_case
 from hypothesis import given
+
 from lmspec.reference import geglu, geglu_vjp
 from lmspec.spec import component
 

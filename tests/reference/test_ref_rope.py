@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from _refcheck import F32_RTOL, FD_SETTINGS, assert_close, fd_check, rng_case
 from hypothesis import given
+
 from lmspec.reference import rope, rope_frequencies, rope_vjp
 from lmspec.spec import component
 from lmspec.spec.rope import RopeScaling

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from _refcheck import FD_SETTINGS, assert_close, fd_check, max_abs, rng_case
 from hypothesis import assume, given
+
 from lmspec.reference import softmax, softmax_vjp
 from lmspec.spec import component
 

@@ -1,5 +1,8 @@
 """Scaled dot-product attention (Vaswani et al., 2017): torch's CPU flash kernel, else masked math.
 
+CUDA tensors in float32/bfloat16/float16 take the Triton FlashAttention-2 kernels
+(``kernels/sdpa.py``); the rest of this docstring is about the torch path.
+
 The flash path (``_scaled_dot_product_flash_attention_for_cpu``, which returns the lse) runs
 when nothing but plain or square-causal attention is asked for: its causal mask is top-left
 aligned, so it equals the spec's bottom-right one only when Tq == Tk, and it needs D == Dv.
@@ -20,6 +23,7 @@ import math
 
 import torch
 
+from lmspec.backends.torch_triton._dispatch import kernel_dtype, on_cuda
 from lmspec.spec.sdpa import check_args
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -27,8 +31,20 @@ _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 def sdpa(q, k, v, segment_ids_q=None, segment_ids_kv=None, *, causal: bool = False,
          window: int | None = None, softcap: float | None = None, scale: float | None = None):
+    return forward(q, k, v, segment_ids_q, segment_ids_kv, causal, window, softcap, scale,
+                   kernel=on_cuda(q, k, v, segment_ids_q, segment_ids_kv))
+
+
+def forward(q, k, v, segment_ids_q, segment_ids_kv, causal: bool, window: int | None,
+            softcap: float | None, scale: float | None, *, kernel: bool):
+    """Checks the arguments, then runs the Triton flash kernels (``kernel``) or the torch path."""
     check_args(q, k, v, segment_ids_q, segment_ids_kv, causal=causal, window=window,
                softcap=softcap, scale=scale)
+    if kernel and kernel_dtype(q):
+        from lmspec.backends.torch_triton.kernels.sdpa import sdpa as sdpa_triton
+
+        return sdpa_triton(q, k, v, segment_ids_q, segment_ids_kv, causal=causal, window=window,
+                           softcap=softcap, scale=scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     b, tq, hq, _ = q.shape
     tk, dv = k.shape[1], v.shape[3]

@@ -5,11 +5,15 @@ backward. ``computing_in(dtype)`` evaluates it in a lower dtype (the naive basel
 """
 
 from lmspec.reference._numerics import computing_in
+from lmspec.reference.attention_merge import attention_merge, attention_merge_vjp
 from lmspec.reference.cross_entropy import cross_entropy, cross_entropy_vjp
 from lmspec.reference.embedding import embedding, embedding_vjp
 from lmspec.reference.geglu import geglu, geglu_vjp
 from lmspec.reference.layer_norm import layer_norm, layer_norm_vjp
+from lmspec.reference.lightning_attention import lightning_attention, lightning_attention_vjp
+from lmspec.reference.linear_attention import linear_attention, linear_attention_vjp
 from lmspec.reference.log_softmax import log_softmax, log_softmax_vjp
+from lmspec.reference.mla import mla, mla_vjp
 from lmspec.reference.rms_norm import rms_norm, rms_norm_vjp
 from lmspec.reference.rope import rope, rope_frequencies, rope_vjp
 from lmspec.reference.sdpa import sdpa, sdpa_vjp, visible
@@ -17,8 +21,11 @@ from lmspec.reference.softmax import softmax, softmax_vjp
 from lmspec.reference.swiglu import swiglu, swiglu_vjp
 
 __all__ = [
+    "attention_merge", "attention_merge_vjp", "lightning_attention", "lightning_attention_vjp",
+    "linear_attention", "linear_attention_vjp",
     "computing_in", "cross_entropy", "cross_entropy_vjp", "embedding", "embedding_vjp", "geglu",
-    "geglu_vjp", "layer_norm", "layer_norm_vjp", "log_softmax", "log_softmax_vjp", "rms_norm",
+    "geglu_vjp", "layer_norm", "layer_norm_vjp", "log_softmax", "log_softmax_vjp", "mla",
+    "mla_vjp", "rms_norm",
     "rms_norm_vjp", "rope", "rope_frequencies", "rope_vjp", "sdpa", "sdpa_vjp", "softmax",
     "softmax_vjp", "swiglu", "swiglu_vjp", "visible",
 ]

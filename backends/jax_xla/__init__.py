@@ -16,11 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmspec.backends import numpy_dtype
+from lmspec.backends.jax_xla.attention_merge import attention_merge
 from lmspec.backends.jax_xla.cross_entropy import cross_entropy
 from lmspec.backends.jax_xla.embedding import embedding
 from lmspec.backends.jax_xla.geglu import geglu
 from lmspec.backends.jax_xla.layer_norm import layer_norm
+from lmspec.backends.jax_xla.lightning_attention import lightning_attention
+from lmspec.backends.jax_xla.linear_attention import linear_attention
 from lmspec.backends.jax_xla.log_softmax import log_softmax
+from lmspec.backends.jax_xla.mla import mla
 from lmspec.backends.jax_xla.rms_norm import rms_norm
 from lmspec.backends.jax_xla.rope import rope
 from lmspec.backends.jax_xla.sdpa import sdpa
@@ -28,9 +32,9 @@ from lmspec.backends.jax_xla.softmax import softmax
 from lmspec.backends.jax_xla.swiglu import swiglu
 
 __all__ = [
-    "DTYPES", "NAME", "UNSUPPORTED", "asarray", "cross_entropy", "embedding", "geglu",
-    "layer_norm", "log_softmax", "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy",
-    "vjp",
+    "DTYPES", "NAME", "UNSUPPORTED", "asarray", "attention_merge", "cross_entropy", "embedding",
+    "geglu", "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla",
+    "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]
 
 NAME = "jax_xla"

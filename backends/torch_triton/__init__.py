@@ -23,11 +23,15 @@ imports the kernels in a process fixes the mode for that process.
 from __future__ import annotations
 
 from lmspec.backends.torch_triton._protocol import asarray, to_numpy, vjp
+from lmspec.backends.torch_triton.attention_merge import attention_merge
 from lmspec.backends.torch_triton.cross_entropy import cross_entropy
 from lmspec.backends.torch_triton.embedding import embedding
 from lmspec.backends.torch_triton.geglu import geglu
 from lmspec.backends.torch_triton.layer_norm import layer_norm
+from lmspec.backends.torch_triton.lightning_attention import lightning_attention
+from lmspec.backends.torch_triton.linear_attention import linear_attention
 from lmspec.backends.torch_triton.log_softmax import log_softmax
+from lmspec.backends.torch_triton.mla import mla
 from lmspec.backends.torch_triton.rms_norm import rms_norm
 from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
@@ -38,6 +42,7 @@ NAME = "torch_triton"
 DTYPES = ("float32", "bfloat16", "float16")
 
 __all__ = [
-    "DTYPES", "NAME", "asarray", "cross_entropy", "embedding", "geglu", "layer_norm",
-    "log_softmax", "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
+    "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
+    "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
+    "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]

@@ -1,9 +1,10 @@
 """The triton_interpret backend: torch_triton with its Triton kernels run by the interpreter.
 
 ``TRITON_INTERPRET=1`` must be set before triton is first imported (lmspec.backends does
-so on a machine without an NVIDIA device; this module refuses to load otherwise), and the four kernel stems (rms_norm,
-rope, swiglu, cross_entropy) send CPU tensors of float32/bfloat16/float16 through the kernels;
-the other stems take the torch path. For correctness on small shapes only: it is slow.
+so on a machine without an NVIDIA device; this module refuses to load otherwise), and the five
+kernel stems (rms_norm, rope, swiglu, cross_entropy, sdpa) send CPU tensors of
+float32/bfloat16/float16 through the kernels; the other stems take the torch path. For
+correctness on small shapes only: it is slow.
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ if type(_tl.standard.sum).__name__ != "InterpretedFunction":
 
 from lmspec.backends.torch_triton import (
     asarray,
+    attention_merge,
     embedding,
     geglu,
     layer_norm,
     log_softmax,
-    sdpa,
+    mla,
     softmax,
     to_numpy,
     vjp,
 )
 from lmspec.backends.torch_triton.cross_entropy import forward as _cross_entropy
+from lmspec.backends.torch_triton.lightning_attention import forward as _lightning_attention
+from lmspec.backends.torch_triton.linear_attention import forward as _linear_attention
 from lmspec.backends.torch_triton.rms_norm import forward as _rms_norm
 from lmspec.backends.torch_triton.rope import forward as _rope
+from lmspec.backends.torch_triton.sdpa import forward as _sdpa
 from lmspec.backends.torch_triton.swiglu import forward as _swiglu
 from lmspec.spec.cross_entropy import IGNORE_INDEX
 from lmspec.spec.rope import RopeScaling
@@ -44,8 +49,9 @@ NAME = "triton_interpret"
 DTYPES = ("float32", "bfloat16", "float16")
 
 __all__ = [
-    "DTYPES", "NAME", "asarray", "cross_entropy", "embedding", "geglu", "layer_norm",
-    "log_softmax", "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
+    "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
+    "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
+    "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]
 
 
@@ -58,6 +64,12 @@ def rope(x, positions, *, theta: float = 10000.0, rotary_dim: int | None = None,
     return _rope(x, positions, theta, rotary_dim, interleaved, scaling, kernel=True)
 
 
+def sdpa(q, k, v, segment_ids_q=None, segment_ids_kv=None, *, causal: bool = False,
+         window: int | None = None, softcap: float | None = None, scale: float | None = None):
+    return _sdpa(q, k, v, segment_ids_q, segment_ids_kv, causal, window, softcap, scale,
+                 kernel=True)
+
+
 def swiglu(x, w_gate, w_up, w_down):
     return _swiglu(x, w_gate, w_up, w_down, kernel=True)
 
@@ -65,3 +77,16 @@ def swiglu(x, w_gate, w_up, w_down):
 def cross_entropy(logits, targets, *, ignore_index: int = IGNORE_INDEX,
                   label_smoothing: float = 0.0, z_loss: float = 0.0):
     return _cross_entropy(logits, targets, ignore_index, label_smoothing, z_loss, kernel=True)
+
+
+def linear_attention(q, k, v, log_decay=None, initial_state=None, *, feature_map="identity",
+                     form="parallel", chunk_size=16, scale=None):
+    """form="chunked" runs the Triton chunked kernel; the other forms take the torch path."""
+    return _linear_attention(q, k, v, log_decay, initial_state, feature_map, form, chunk_size,
+                             scale, kernel=True)
+
+
+def lightning_attention(q, k, v, log_decay=None, initial_state=None, *, block_size=16,
+                        scale=None):
+    return _lightning_attention(q, k, v, log_decay, initial_state, block_size, scale,
+                                kernel=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from lmspec import reference as R
 from lmspec.backends import _reference_backend as ref_backend
+
 # the package re-exports functions under their module names: fetch the modules themselves
 rope_ref = importlib.import_module("lmspec.reference.rope")
 sdpa_ref = importlib.import_module("lmspec.reference.sdpa")
@@ -290,3 +291,109 @@ def _visible_shifted(tq, tk, sq, skv, causal, window, batch, shift):
         mask = mask & (np.asarray(sq)[:, :, None] == np.asarray(skv)[:, None, :])[:, None]
     return mask
 
+
+
+# ---- attention_merge, linear_attention, lightning_attention
+linear_ref = importlib.import_module("lmspec.reference.linear_attention")
+
+
+def _with_decay_mask(mask_fn, forms=("parallel", "recurrent", "chunked")):
+    """Run linear_attention with a replaced decay mask (in the forms named)."""
+    def fwd(*args, form="parallel", **kw):
+        original = linear_ref.decay_mask
+        if form in forms:
+            linear_ref.decay_mask = mask_fn
+        try:
+            return R.linear_attention(*args, form=form, **kw)
+        finally:
+            linear_ref.decay_mask = original
+    return fwd
+
+
+@mutant("linear_attention")
+def linear_attention_decay_exponent_plus_one():
+    """D_ts = gamma^(t - s + 1): the current token decayed once too often."""
+    original = linear_ref.decay_mask
+
+    def mask(log_decay, h, n):
+        return original(log_decay, h, n) * linear_ref.gamma_pow(log_decay, h, np.ones((n, n)))
+    return _with_decay_mask(mask), None
+
+
+@mutant("linear_attention")
+def linear_attention_parallel_sees_the_future():
+    """The parallel form's mask without its causal half: D_ts = gamma^|t - s| for every s."""
+    def mask(log_decay, h, n):
+        t = np.arange(n)
+        return linear_ref.gamma_pow(log_decay, h, np.abs(t[:, None] - t[None, :]))
+    return _with_decay_mask(mask, forms=("parallel",)), None
+
+
+@mutant("attention_merge")
+def attention_merge_averages_outs():
+    """The partial outputs averaged instead of weighted by exp(lse_s - lse)."""
+    def fwd(outs, lses):
+        _, lse = R.attention_merge(outs, lses)
+        return np.mean(_f32(outs), axis=0), lse
+    return fwd, None
+
+
+@mutant("lightning_attention")
+def lightning_attention_drops_initial_state():
+    def fwd(q, k, v, log_decay=None, initial_state=None, **kw):
+        return R.lightning_attention(q, k, v, log_decay, None, **kw)
+    return fwd, None
+
+
+# ----------------------------------------------------------------------------- mla
+
+mla_ref = importlib.import_module("lmspec.reference.mla")
+
+
+@mutant("mla")
+def mla_absorbed_without_mscale():
+    """The absorbed path forgets the YaRN mscale**2 on the softmax scale (naive keeps it)."""
+    def fwd(*args, form="naive", mscale_all_dim=0.0, **kw):
+        return R.mla(*args, form=form, mscale_all_dim=0.0 if form == "absorbed" else
+                     mscale_all_dim, **kw)
+    return fwd, None
+
+
+@mutant("mla")
+def mla_latent_not_normalized():
+    """kv_a_layernorm skipped: the cache holds kv_norm_weight * latent, not its RMSNorm."""
+    def fwd(x, positions, w_uq, w_dkv, kv_norm_weight, *args, **kw):
+        original = mla_ref.rms_norm
+
+        def norm(a, weight=None, **nkw):
+            return a * weight if weight is kv_norm_weight else original(a, weight, **nkw)
+        mla_ref.rms_norm = norm
+        try:
+            return R.mla(x, positions, w_uq, w_dkv, kv_norm_weight, *args, **kw)
+        finally:
+            mla_ref.rms_norm = original
+    return fwd, None
+
+
+@mutant("mla")
+def mla_rope_layout_flipped():
+    """HF's de-interleaved output read as interleaved pairs (or the reverse)."""
+    def fwd(*args, interleaved=True, **kw):
+        return R.mla(*args, interleaved=not interleaved, **kw)
+    return fwd, None
+
+
+@mutant("mla")
+def mla_causal_ignores_cache_offset():
+    """Causal mask top-left: with a cache, query i sees keys j <= i, not j <= i + Tc."""
+    def visible(tq, tk, sq=None, skv=None, *, causal=False, window=None, batch=1):
+        return _visible_shifted(tq, tk, sq, skv, causal, window, batch, shift=tq - tk)
+
+    def fwd(*args, **kw):
+        original = sdpa_ref.visible
+        sdpa_ref.visible = visible
+        try:
+            return R.mla(*args, **kw)
+        finally:
+            sdpa_ref.visible = original
+    return fwd, None

@@ -7,6 +7,8 @@ forms); the chunked algorithm of GLA (Yang et al. 2024) and flash-linear-attenti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -69,6 +71,33 @@ def linear_attention(q, k, v, log_decay=None, initial_state=None, *,
     check_args(q, k, v, log_decay, initial_state, feature_map=feature_map, form=form,
                chunk_size=chunk_size, scale=scale)
     raise NotImplementedError("lmspec.spec states the contract; lmspec.reference computes it")
+
+
+@dataclass(frozen=True)
+class HybridPattern:
+    """Which layers of a hybrid model use softmax attention and which a linear form.
+
+    ``linear_per_softmax`` linear layers precede each softmax layer, repeating from layer 0:
+    MiniMax-01 uses 7 lightning layers then 1 softmax layer (``linear_per_softmax=7``); a
+    Jamba-style 1:7 attention:Mamba block is the same pattern with Mamba for "linear".
+    ``softmax_first`` puts the softmax layer at the start of each group instead. 0 means all
+    softmax (a plain transformer).
+    """
+
+    n_layers: int
+    linear_per_softmax: int = 7
+    softmax_first: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.n_layers >= 0, ValueError, f"n_layers: expected >= 0, got {self.n_layers}")
+        require(self.linear_per_softmax >= 0, ValueError,
+                f"linear_per_softmax: expected >= 0, got {self.linear_per_softmax}")
+
+    def layers(self) -> tuple[str, ...]:
+        """The kind of each layer, ``"linear"`` or ``"softmax"``, in order."""
+        group = self.linear_per_softmax + 1
+        pos = group - 1 if not self.softmax_first else 0
+        return tuple("softmax" if i % group == pos else "linear" for i in range(self.n_layers))
 
 
 def check_args(q, k, v, log_decay=None, initial_state=None, *, feature_map: str = "identity",

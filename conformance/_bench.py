@@ -23,7 +23,7 @@ class Gate:
 
     component: str
     impl: str
-    baseline: str  # "reference" or a peer name
+    baseline: str  # "reference", a peer name, or "impl:<label>": another impl of ours
     min_ratio: float
     shape: str | None = None  # only at this shape label (None: every shape)
     reason: str = ""
@@ -39,6 +39,10 @@ GATES = (
     Gate("cross_entropy", "torch_triton", "peer:F.cross_entropy", 0.8, None,
          "no slower than 0.8x its peer"),
     Gate("cross_entropy", "jax_xla", "peer:jnp", 0.8, None, "no slower than 0.8x its peer"),
+    Gate("linear_attention", "chunked/torch_triton", "impl:sdpa/torch_triton", 3.0, "T16384",
+         "issue 4: chunked linear attention >= 3x our causal sdpa at T=16384"),
+    Gate("mla", "torch_triton/absorbed", "impl:torch_triton/naive", 2.0, "ctx4096",
+         "issue 4: absorbed MLA decode >= 2x the naive form at 4k context"),
 )
 
 

@@ -87,6 +87,25 @@ def rows_from_json(data: dict, quick: bool) -> list[dict[str, Any]]:
                              "metric": f"speedup_vs_{base.removeprefix('peer:')}",
                              "value": ratio, "gate": f">= {gate.min_ratio:g}" if gate else "",
                              "verdict": verdict, **meta})
+        rows += _impl_gate_rows(comp, shape, by_impl, GATES, meta)
+    return rows
+
+
+def _impl_gate_rows(comp: str, shape: str, by_impl: dict[str, float], gates,
+                    meta: dict) -> list[dict[str, Any]]:
+    """Rows for gates whose baseline is another impl of ours ("impl:<label>"), at one shape of
+    one component; a gate whose two impls were not both timed there gives no row."""
+    rows = []
+    for g in gates:
+        base = g.baseline.removeprefix("impl:")
+        if (g.component != comp or not g.baseline.startswith("impl:")
+                or g.shape not in (None, shape) or g.impl not in by_impl or base not in by_impl):
+            continue
+        ratio = by_impl[base] / by_impl[g.impl]  # > 1: impl is faster than base
+        rows.append({"component": comp, "backend": g.impl, "shape": shape, "dtype": "float32",
+                     "metric": f"speedup_vs_{base}", "value": ratio,
+                     "gate": f">= {g.min_ratio:g}",
+                     "verdict": "PASS" if ratio >= g.min_ratio else "FAIL", **meta})
     return rows
 
 

@@ -113,6 +113,85 @@ def _plot_speedups(rows: list[dict]) -> str | None:
     return _png(fig)
 
 
+def _shape_t(label: str) -> int | None:
+    """"T4096" -> 4096; other labels -> None."""
+    return int(label[1:]) if label.startswith("T") and label[1:].isdigit() else None
+
+
+def time_vs_t(rows: list[dict], component: str = "linear_attention") -> dict[str, list]:
+    """{impl: [(T, median s), ...] sorted by T} from the median_s rows whose shape is "T<n>"."""
+    series: dict[str, list] = defaultdict(list)
+    for r in rows:
+        t = _shape_t(str(r.get("shape", "")))
+        if r["component"] == component and r["metric"] == "median_s" and t is not None:
+            series[r["backend"]].append((t, float(r["value"])))
+    return {k: sorted(v) for k, v in sorted(series.items())}
+
+
+def _plot_time_vs_t(rows: list[dict]) -> str | None:
+    """Log-log time vs T, softmax (solid) against linear (dashed): where the lines cross."""
+    series = time_vs_t(rows)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for impl, pts in series.items():
+        linear = impl.split("/")[0] in ("chunked", "parallel", "recurrent")
+        ax.plot(*zip(*pts), "--" if linear else "-", marker="o", ms=3, label=impl)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length T (B=1, H=8, D=64, fp32, causal)")
+    ax.set_ylabel("median time (s), this machine")
+    ax.set_title("softmax attention (solid) vs linear attention (dashed)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+# DeepSeek-V2-like: 60 layers, 128 heads of d_h 128, GQA 8 groups, d_c 512, d_h^R 64; bf16
+KV_CONFIG = {"n_layers": 60, "n_heads": 128, "head_dim": 128, "bytes_per_element": 2}
+KV_EXTRA = {"gqa": {"n_kv_heads": 8}, "mla": {"kv_lora_rank": 512, "qk_rope_head_dim": 64}}
+KV_CONTEXTS = (1024, 4096, 16384, 32768, 65536, 131072)
+
+
+def kv_cache_table() -> list[list[Any]]:
+    """[kind, bytes per token, GiB at each KV_CONTEXTS]: arithmetic from the mla spec."""
+    from lmspec.spec.mla import KV_KINDS, kv_cache_size
+
+    table = []
+    for kind in KV_KINDS:
+        size = kv_cache_size(kind, **KV_CONFIG, **KV_EXTRA.get(kind, {}))
+        table.append([kind, size.bytes_per_token, *(size.bytes_for(KV_CONTEXTS) / 2**30)])
+    return table
+
+
+def _plot_kv_cache() -> str:
+    """KV-cache bytes per token (bars) and total bytes vs context (log-log), MHA/GQA/MQA/MLA."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = kv_cache_table()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8))
+    a1.bar([r[0] for r in table], [r[1] / 1024 for r in table], color="#48a")
+    a1.set_yscale("log")
+    a1.set_ylabel("KiB per token (all layers)")
+    for r in table:
+        a2.plot(KV_CONTEXTS, r[2:], marker="o", ms=3, label=r[0])
+    a2.set_xscale("log", base=2)
+    a2.set_yscale("log")
+    a2.set_xlabel("context length (tokens, batch 1)")
+    a2.set_ylabel("KV cache (GiB)")
+    a2.legend(fontsize=7)
+    fig.suptitle("KV cache, DeepSeek-V2-like config, bf16: computed from "
+                 "lmspec.spec.mla.kv_cache_size (not measured)", fontsize=8)
+    return _png(fig)
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -156,10 +235,17 @@ def _markdown(comps, cols, cells, bench_rows, meta) -> str:
         lines += ["### Median times (s, this machine)", "",
                   tabulate(timings, headers=["component", "impl", "shape", "dtype", "median s"],
                            tablefmt="github", floatfmt=".3g"), ""]
+    lines += ["## KV cache by attention kind (computed from the spec, not measured)", "",
+              "DeepSeek-V2-like: 60 layers, 128 heads, d_h 128, GQA 8 groups, MLA d_c 512, "
+              "d_h^R 64, bf16; batch 1.", "",
+              tabulate(kv_cache_table(), headers=["kind", "bytes/token",
+                                                  *(f"GiB @{c}" for c in KV_CONTEXTS)],
+                       tablefmt="github", floatfmt=".4g"), ""]
     return "\n".join(lines) + "\n"
 
 
-def _html(md_comps, cols, cells, bench_rows, meta, heat_png, speed_png) -> str:
+def _html(md_comps, cols, cells, bench_rows, meta, heat_png, speed_png,
+          extra_pngs: tuple[tuple[str, str | None], ...] = ()) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)
     body = []
@@ -182,6 +268,10 @@ def _html(md_comps, cols, cells, bench_rows, meta, heat_png, speed_png) -> str:
                       f"</th><th>verdict</th></tr>{rows}</table>")
         if speed_png:
             bench_html += f'<p><img alt="speedups" src="data:image/png;base64,{speed_png}"></p>'
+    for title, png in extra_pngs:
+        if png:
+            bench_html += (f"<h2>{esc(title)}</h2><p><img alt=\"{esc(title)}\" "
+                           f'src="data:image/png;base64,{png}"></p>')
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>lmspec report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #bbb;padding:3px 6px;font-size:12px}}</style></head><body>
@@ -204,7 +294,11 @@ def render(results: Path) -> list[Path]:
     comps, cols, cells = conformance_matrix(conf)
     md = _markdown(comps, cols, cells, bench_rows, meta)
     heat = _plot_ratios(comps, cols, cells) if comps else None
-    page = _html(comps, cols, cells, bench_rows, meta, heat, _plot_speedups(bench_rows))
+    extra = (("Time vs sequence length: softmax vs linear attention",
+              _plot_time_vs_t(bench_rows)),
+             ("KV cache by attention kind (computed from the spec, not measured)",
+              _plot_kv_cache()))
+    page = _html(comps, cols, cells, bench_rows, meta, heat, _plot_speedups(bench_rows), extra)
     out_md, out_html = results / "report.md", results / "report.html"
     for path, text in ((out_md, md), (out_html, page)):
         tmp = path.with_suffix(path.suffix + ".tmp")

@@ -18,3 +18,30 @@ def test_speedups_and_gates_from_one_run():
     ref, peer = rows["speedup_vs_reference"], rows["speedup_vs_torch.sdpa"]
     assert ref["value"] == 20.0 and ref["verdict"] == "PASS" and ref["gate"] == ">= 10"
     assert peer["value"] == 0.5 and peer["verdict"] == "FAIL" and peer["gate"] == ">= 0.8"
+
+
+def _la(impl, t, median):
+    return {"name": f"test_linear_attention[{impl}-T{t}]",
+            "params": {"shape": [f"T{t}", 1, t, 8, 64]}, "extra_info": {"impl": impl},
+            "stats": {"median": median}}
+
+
+def test_gate_with_another_impl_as_baseline():
+    data = {"benchmarks": [_la("sdpa/torch_triton", 16384, 6.0),
+                           _la("chunked/torch_triton", 16384, 1.5),
+                           _la("sdpa/torch_triton", 512, 0.01),
+                           _la("chunked/torch_triton", 512, 0.02)]}
+    rows = [r for r in rows_from_json(data, quick=False) if r["metric"].startswith("speedup")]
+    # one row, at the gate's shape only: ratios compare like with like
+    (row,) = rows
+    assert row["shape"] == "T16384" and row["metric"] == "speedup_vs_sdpa/torch_triton"
+    assert row["value"] == 4.0 and row["verdict"] == "PASS" and row["gate"] == ">= 3"
+
+
+def test_impl_gate_fails_below_ratio_and_needs_both_impls():
+    data = {"benchmarks": [_la("sdpa/torch_triton", 16384, 2.0),
+                           _la("chunked/torch_triton", 16384, 1.0)]}
+    (row,) = [r for r in rows_from_json(data, quick=False) if r["metric"].startswith("speedup")]
+    assert row["value"] == 2.0 and row["verdict"] == "FAIL"
+    data = {"benchmarks": [_la("chunked/torch_triton", 16384, 1.0)]}
+    assert not [r for r in rows_from_json(data, quick=False) if "gate" in r]

@@ -42,3 +42,25 @@ def test_not_implemented_is_never_counted_as_passed(tmp_path):
             for t, o in (("forward", "passed"), ("backward", "not implemented"))]
     comps, cols, cells = render.conformance_matrix(rows)
     assert cells[("rope", "x/float32")]["status"] == "not implemented"
+
+
+def test_time_vs_t_series_and_kv_cache_plot(tmp_path):
+    bench = [{"component": "linear_attention", "backend": impl, "shape": f"T{t}",
+              "metric": "median_s", "value": v, "machine": "m", "time": "t", "version": "0"}
+             for impl, t, v in (("sdpa/torch_triton", 1024, 0.1), ("sdpa/torch_triton", 512, 0.03),
+                                ("chunked/torch_triton", 512, 0.05))]
+    series = render.time_vs_t(bench)
+    assert series["sdpa/torch_triton"] == [(512, 0.03), (1024, 0.1)]
+    (tmp_path / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bench))
+    md_path, html_path = render.render(tmp_path)
+    page = html_path.read_text()
+    assert "softmax vs linear" in page and "not measured" in page
+    assert page.count("data:image/png;base64,") == 2  # no heatmap, no speedups: T, KV cache
+    assert "not measured" in md_path.read_text()
+
+
+def test_kv_cache_table_is_the_papers_arithmetic():
+    rows = {r[0]: r[1] for r in render.kv_cache_table()}
+    # bytes per token, 60 layers, bf16: MHA 2*128*128, GQA 2*8*128, MQA 2*128, MLA 512+64
+    assert rows == {"mha": 2 * 128 * 128 * 60 * 2, "gqa": 2 * 8 * 128 * 60 * 2,
+                    "mqa": 2 * 128 * 60 * 2, "mla": 576 * 60 * 2}

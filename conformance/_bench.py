@@ -92,6 +92,17 @@ def run(benchmark, fn: Callable[[], Any], impl: str, slow: bool = False) -> None
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
 
 
+def time_impl(benchmark, impl: tuple, stem: str, arrays: dict, params: dict) -> None:
+    """Time one pytest param of ``impl_params``: a backend's ``stem`` or a peer's callable."""
+    kind, what = impl
+    if kind == "backend":
+        fn = backend_callable(what, stem, arrays, params)
+        run(benchmark, fn, what.name, slow=what.name == "reference")
+    else:
+        name, make = what
+        run(benchmark, make(arrays), name)
+
+
 def impl_params(peers: dict[str, Callable[[], Any] | None]) -> list:
     """pytest params: every selected backend, then the peers whose library is installed."""
     params = [pytest.param(("backend", b), id=b.name) for b in selected_backends()]

@@ -43,10 +43,4 @@ def _jnp_ce(arrays):
 def test_cross_entropy(benchmark, impl, shape):
     _, n, v = shape
     arrays = _data(n, v)
-    kind, what = impl
-    if kind == "backend":
-        fn = _bench.backend_callable(what, "cross_entropy", arrays, {})
-        _bench.run(benchmark, fn, what.name, slow=what.name == "reference")
-    else:
-        name, make = what
-        _bench.run(benchmark, make(arrays), name)
+    _bench.time_impl(benchmark, impl, "cross_entropy", arrays, {})

@@ -31,10 +31,4 @@ def _jnp_rms(arrays):
 def test_rms_norm(benchmark, impl, shape):
     _, n, d = shape
     arrays = _bench.rng_arrays({"x": (n, d), "weight": (d,)})
-    kind, what = impl
-    if kind == "backend":
-        fn = _bench.backend_callable(what, "rms_norm", arrays, {"eps": EPS})
-        _bench.run(benchmark, fn, what.name, slow=what.name == "reference")
-    else:
-        name, make = what
-        _bench.run(benchmark, make(arrays), name)
+    _bench.time_impl(benchmark, impl, "rms_norm", arrays, {"eps": EPS})

@@ -29,10 +29,4 @@ def test_rope(benchmark, impl, shape):
     _, b, t, h, d = shape
     arrays = _bench.rng_arrays({"x": (b, t, h, d)})
     arrays["positions"] = np.broadcast_to(np.arange(t), (b, t)).astype(np.int64).copy()
-    kind, what = impl
-    if kind == "backend":
-        fn = _bench.backend_callable(what, "rope", arrays, {})
-        _bench.run(benchmark, fn, what.name, slow=what.name == "reference")
-    else:
-        name, make = what
-        _bench.run(benchmark, make(arrays), name)
+    _bench.time_impl(benchmark, impl, "rope", arrays, {})

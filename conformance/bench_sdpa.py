@@ -36,10 +36,4 @@ def _jax_dpa(arrays):
 def test_sdpa(benchmark, impl, shape):
     label, *dims = shape
     arrays = {**_arrays(*dims), "segment_ids_q": None, "segment_ids_kv": None}
-    kind, what = impl
-    if kind == "backend":
-        fn = _bench.backend_callable(what, "sdpa", arrays, PARAMS)
-        _bench.run(benchmark, fn, what.name, slow=what.name == "reference")
-    else:
-        name, make = what
-        _bench.run(benchmark, make(arrays), name)
+    _bench.time_impl(benchmark, impl, "sdpa", arrays, PARAMS)

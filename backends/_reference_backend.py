@@ -28,9 +28,9 @@ def to_numpy(t) -> np.ndarray:
 
 
 def _float_dtype(args) -> np.dtype:
+    """The dtype of the first floating array argument (ml_dtypes' bfloat16 has kind 'V')."""
     for a in args:
-        if isinstance(a, np.ndarray) and a.dtype.kind in "fV" or (
-                isinstance(a, np.ndarray) and a.dtype.name == "bfloat16"):
+        if isinstance(a, np.ndarray) and a.dtype.kind in "fV":
             return a.dtype
     return np.dtype(np.float64)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import io
 import json
 import warnings
@@ -285,6 +286,28 @@ n/i = not implemented, never counted as a pass. Hover a failing cell for its tes
 """
 
 
+# Topic sections (tokenizer, MoE, quantization): a module ``lmspec.reports.<name>`` with
+# ``section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None`` giving a markdown
+# and an HTML fragment (plots inlined as base64 PNG through ``png``), or None when it has no data.
+SECTIONS = ("tokenizer", "moe", "quant")
+png = _png
+
+
+def _sections(results: Path, bench_rows: list[dict]) -> list[tuple[str, str]]:
+    out = []
+    for name in SECTIONS:
+        try:
+            mod = importlib.import_module(f"lmspec.reports.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"lmspec.reports.{name}":
+                raise
+            continue
+        got = mod.section(results, bench_rows)
+        if got:
+            out.append(got)
+    return out
+
+
 def render(results: Path) -> list[Path]:
     """Write report.md and report.html into ``results``; returns their paths."""
     results = Path(results)
@@ -299,6 +322,9 @@ def render(results: Path) -> list[Path]:
              ("KV cache by attention kind (computed from the spec, not measured)",
               _plot_kv_cache()))
     page = _html(comps, cols, cells, bench_rows, meta, heat, _plot_speedups(bench_rows), extra)
+    for section_md, section_html in _sections(results, bench_rows):
+        md += "\n" + section_md.rstrip() + "\n"
+        page = page.replace("</body></html>", section_html + "</body></html>")
     out_md, out_html = results / "report.md", results / "report.html"
     for path, text in ((out_md, md), (out_html, page)):
         tmp = path.with_suffix(path.suffix + ".tmp")

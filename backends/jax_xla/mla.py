@@ -27,16 +27,18 @@ def _rot(a, positions, theta: float, scaling, interleaved: bool):
 
 
 def _attend(q, k, v, causal: bool, scale: float):
-    """q (B, T, H, Dk), k (B, Tk, Hk, Dk), v (B, Tk, Hk, Dv), Hk in {1, H} -> (B, T, H, Dv)."""
-    h = q.shape[2]
-    k = jnp.broadcast_to(k, k.shape[:2] + (h, k.shape[3]))
-    v = jnp.broadcast_to(v, v.shape[:2] + (h, v.shape[3]))
-    s = einsum("bthd,bkhd->bhtk", q, k) * scale
+    """q (B, T, H, Dk), k (B, Tk, Hk, Dk), v (B, Tk, Hk, Dv), Hk in {1, H} -> (B, T, H, Dv).
+    One shared key head (the absorbed form) is contracted as is, never broadcast per head."""
+    shared = k.shape[2] == 1
+    s = (einsum("bthd,bkd->bhtk", q, k[:, :, 0]) if shared
+         else einsum("bthd,bkhd->bhtk", q, k)) * scale
     if causal:
         t, tk = q.shape[1], k.shape[1]
         hidden = jnp.arange(tk)[None, :] > jnp.arange(t)[:, None] + (tk - t)  # (T, Tk)
         s = jnp.where(hidden, -jnp.inf, s)
-    return einsum("bhtk,bkhv->bthv", jax.nn.softmax(s, axis=-1), v)
+    p = jax.nn.softmax(s, axis=-1)
+    return einsum("bhtk,bkv->bthv", p, v[:, :, 0]) if shared else einsum(
+        "bhtk,bkhv->bthv", p, v)
 
 
 def _mm(a, w):

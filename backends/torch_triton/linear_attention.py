@@ -98,12 +98,34 @@ def block(qf, kf, vf, s, ld, scale: float):
 
 
 def chunked(qf, kf, vf, s, ld, scale: float, chunk_size: int):
-    outs = [vf[:, :, :0]]
-    for c0 in range(0, qf.shape[2], chunk_size):
-        rows = slice(c0, c0 + chunk_size)
-        o, s = block(qf[:, :, rows], kf[:, :, rows], vf[:, :, rows], s, ld, scale)
-        outs.append(o)
-    return torch.cat(outs, dim=2), s
+    """Whole chunks batched: every chunk's intra-chunk term and its state contribution in one
+    matmul each, then a loop over chunks that only carries the (B, H, Dk, Dv) state; a last
+    partial chunk goes through ``block``."""
+    b, h, t, dk = qf.shape
+    n, L = t // chunk_size, chunk_size
+    if n == 0:
+        return block(qf, kf, vf, s, ld, scale)
+    full = n * L
+    q, k, v = (a[:, :, :full].reshape(b, h, n, L, a.shape[-1]) for a in (qf, kf, vf))
+    local = torch.arange(L, device=qf.device)
+    lower = local[:, None] >= local[None, :]  # (L, L): s <= t
+    mask = torch.where(lower, gamma_pow(ld, h, torch.where(lower, local[:, None] - local, 0),
+                                        qf), 0.0)[:, None]  # gamma^(t - s): (H, 1, L, L)
+    intra = ((q @ k.transpose(-1, -2)) * mask) @ v  # (B, H, n, L, Dv)
+    k_dec = k * gamma_pow(ld, h, L - 1 - local, qf)[:, None, :, None]  # gamma^(L-1-s) k_s
+    contrib = k_dec.transpose(-1, -2) @ v  # (B, H, n, Dk, Dv): each chunk's own state
+    g_chunk = gamma_pow(ld, h, torch.tensor(L), qf)[:, None, None]  # (H, 1, 1)
+    before = []  # the state each chunk starts from
+    for c in range(n):
+        before.append(s)
+        s = g_chunk * s + contrib[:, :, c]
+    inter = q @ torch.stack(before, dim=2)  # (B, H, n, L, Dv)
+    out = (intra + gamma_pow(ld, h, local + 1, qf)[:, None, :, None] * inter) * scale
+    out = out.reshape(b, h, full, vf.shape[-1])
+    if full == t:
+        return out, s
+    tail, s = block(qf[:, :, full:], kf[:, :, full:], vf[:, :, full:], s, ld, scale)
+    return torch.cat((out, tail), dim=2), s
 
 
 def recurrent(qf, kf, vf, s, ld, scale: float):

@@ -24,14 +24,23 @@ def _rot(a, positions, theta: float, scaling, interleaved: bool):
 
 
 def _attend(q, k, v, causal: bool, scale: float):
-    """q (B, T, H, Dk), k (B, Tk, Hk, Dk), v (B, Tk, Hk, Dv), Hk in {1, H} -> (B, T, H, Dv)."""
-    s = torch.einsum("bthd,bkhd->bhtk", q, k.expand(-1, -1, q.shape[2], -1)) * scale
+    """q (B, T, H, Dk), k (B, Tk, Hk, Dk), v (B, Tk, Hk, Dv), Hk in {1, H} -> (B, T, H, Dv).
+    With one shared key head (the absorbed form) the heads fold into the query rows: one
+    (T*H, Dk) x (Dk, Tk) product, never a per-head copy of the latent cache."""
+    b, t, h, _ = q.shape
+    tk = k.shape[1]
+    if k.shape[2] == 1:
+        s = (q.reshape(b, t * h, q.shape[3]) @ k[:, :, 0].transpose(1, 2)).reshape(b, t, h, tk)
+    else:
+        s = torch.einsum("bthd,bkhd->bthk", q, k)
+    s = s * scale
     if causal:
-        t, tk = q.shape[1], k.shape[1]
-        pos_q = torch.arange(t, device=q.device)[:, None] + (tk - t)  # (T, 1)
-        s = s.masked_fill(torch.arange(tk, device=q.device)[None, :] > pos_q, float("-inf"))
-    p = torch.softmax(s, dim=-1)  # (B, H, T, Tk)
-    return torch.einsum("bhtk,bkhv->bthv", p, v.expand(-1, -1, q.shape[2], -1))
+        pos_q = torch.arange(t, device=q.device)[:, None, None] + (tk - t)  # (T, 1, 1)
+        s = s.masked_fill(torch.arange(tk, device=q.device) > pos_q, float("-inf"))
+    p = torch.softmax(s, dim=-1)  # (B, T, H, Tk)
+    if v.shape[2] == 1:
+        return (p.reshape(b, t * h, tk) @ v[:, :, 0]).reshape(b, t, h, v.shape[3])
+    return torch.einsum("bthk,bkhv->bthv", p, v)
 
 
 def mla(x, positions, w_uq, w_dkv, kv_norm_weight, w_ukv, w_o, w_dq=None, q_norm_weight=None,

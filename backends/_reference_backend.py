@@ -52,5 +52,8 @@ def _vjp_in_input_dtype(fn):
 
 
 for _stem in stems():
+    if not hasattr(_ref, _stem):  # not implemented (test_layout requires every stem)
+        continue
     globals()[_stem] = _in_input_dtype(getattr(_ref, _stem))
-    globals()[f"{_stem}_vjp"] = _vjp_in_input_dtype(getattr(_ref, f"{_stem}_vjp"))
+    if hasattr(_ref, f"{_stem}_vjp"):  # a non-differentiable stem (quantizers) has none
+        globals()[f"{_stem}_vjp"] = _vjp_in_input_dtype(getattr(_ref, f"{_stem}_vjp"))

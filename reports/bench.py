@@ -67,6 +67,12 @@ def rows_from_json(data: dict, quick: bool) -> list[dict[str, Any]]:
     for b in data.get("benchmarks", []):
         comp, shape = _shape_of(b)
         impl = b.get("extra_info", {}).get("impl", b["name"])
+        metrics = b.get("extra_info", {}).get("metrics")
+        if metrics:  # a measurement that is not a timing (peak bytes, MB/s): rows as given
+            rows += [{"component": comp, "backend": impl, "shape": shape, "dtype": "float32",
+                      "metric": name, "value": float(value), **meta}
+                     for name, value in sorted(metrics.items())]
+            continue
         med = float(b["stats"]["median"])
         medians[(comp, shape)][impl] = med
         rows.append({"component": comp, "backend": impl, "shape": shape, "dtype": "float32",

@@ -153,6 +153,32 @@ def _plot_time_vs_t(rows: list[dict]) -> str | None:
 
 
 # DeepSeek-V2-like: 60 layers, 128 heads of d_h 128, GQA 8 groups, d_c 512, d_h^R 64; bf16
+def memory_table(rows: list[dict]) -> list[list[Any]]:
+    """[impl, T, peak MiB] from the sdpa_memory benchmark's peak_bytes rows."""
+    out = [[r["backend"], _shape_t(r["shape"]), r["value"] / 2**20] for r in rows
+           if r["component"] == "sdpa_memory" and r["metric"] == "peak_bytes"]
+    return sorted(out, key=lambda r: (r[0], r[1] or 0))
+
+
+def _plot_memory(rows: list[dict]) -> str | None:
+    table = memory_table(rows)
+    if not table:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for impl in sorted({r[0] for r in table}):
+        pts = [(t, mib) for name, t, mib in table if name == impl and t]
+        ax.plot([p[0] for p in pts], [max(p[1], 1e-3) for p in pts], marker="o", label=impl)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length T",
+           ylabel="peak memory growth (MiB)", title="causal attention: peak memory per call")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 KV_CONFIG = {"n_layers": 60, "n_heads": 128, "head_dim": 128, "bytes_per_element": 2}
 KV_EXTRA = {"gqa": {"n_kv_heads": 8}, "mla": {"kv_lora_rank": 512, "qk_rope_head_dim": 64}}
 KV_CONTEXTS = (1024, 4096, 16384, 32768, 65536, 131072)
@@ -236,6 +262,11 @@ def _markdown(comps, cols, cells, bench_rows, meta) -> str:
         lines += ["### Median times (s, this machine)", "",
                   tabulate(timings, headers=["component", "impl", "shape", "dtype", "median s"],
                            tablefmt="github", floatfmt=".3g"), ""]
+    if memory := memory_table(bench_rows):
+        lines += ["## Peak memory of causal attention (measured: growth of the peak RSS over "
+                  "one call, B=1, H=8, D=64, float32)", "",
+                  tabulate(memory, headers=["impl", "T", "peak MiB"], tablefmt="github",
+                           floatfmt=".4g"), ""]
     lines += ["## KV cache by attention kind (computed from the spec, not measured)", "",
               "DeepSeek-V2-like: 60 layers, 128 heads, d_h 128, GQA 8 groups, MLA d_c 512, "
               "d_h^R 64, bf16; batch 1.", "",
@@ -319,6 +350,8 @@ def render(results: Path) -> list[Path]:
     heat = _plot_ratios(comps, cols, cells) if comps else None
     extra = (("Time vs sequence length: softmax vs linear attention",
               _plot_time_vs_t(bench_rows)),
+             ("Peak memory of causal attention: materialized scores vs tiled (measured)",
+              _plot_memory(bench_rows)),
              ("KV cache by attention kind (computed from the spec, not measured)",
               _plot_kv_cache()))
     page = _html(comps, cols, cells, bench_rows, meta, heat, _plot_speedups(bench_rows), extra)

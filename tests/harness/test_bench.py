@@ -45,3 +45,20 @@ def test_impl_gate_fails_below_ratio_and_needs_both_impls():
     assert row["value"] == 2.0 and row["verdict"] == "FAIL"
     data = {"benchmarks": [_la("chunked/torch_triton", 16384, 1.0)]}
     assert not [r for r in rows_from_json(data, quick=False) if "gate" in r]
+
+
+def test_measurements_that_are_not_timings_become_rows_of_their_own():
+    """The sdpa_memory benchmark records peak bytes; its (meaningless) timing gives no row, and
+    the report's memory table reads the bytes back per impl and T."""
+    from lmspec.reports.render import memory_table
+
+    data = {"benchmarks": [{"name": f"test_sdpa_memory[{impl}-T{t}]",
+                            "params": {"shape": [f"T{t}", t]},
+                            "extra_info": {"impl": impl, "metrics": {"peak_bytes": mib * 2**20}},
+                            "stats": {"median": 1e-6}}
+                           for impl, t, mib in (("materialized/torch", 1024, 128.0),
+                                                ("torch_triton", 1024, 2.0))]}
+    rows = rows_from_json(data, quick=False)
+    assert {(r["metric"], r["backend"]) for r in rows} == {
+        ("peak_bytes", "materialized/torch"), ("peak_bytes", "torch_triton")}
+    assert memory_table(rows) == [["materialized/torch", 1024, 128.0], ["torch_triton", 1024, 2.0]]

@@ -12,6 +12,9 @@ from hypothesis import HealthCheck, settings
 from lmspec import backends
 from lmspec.conformance import _results
 from lmspec.conformance._check import NOT_IMPLEMENTED, Target
+from lmspec.spec._deviations import deviation_for
+
+DEVIATION = "deviation"  # the outcome of a test that fails as a known deviation says it would
 
 PROFILES = {
     # a quick look: a handful of examples per test
@@ -96,6 +99,16 @@ def _key(item: pytest.Item) -> tuple[str, str, str, str] | None:
     return stem, target.backend.name, target.dtype, test
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A known deviation (spec/_deviations.py) runs as a non-strict xfail: reported as a
+    deviation when it fails, as passed when it no longer reproduces."""
+    for item in items:
+        key = _key(item)
+        if key and (dev := deviation_for(key[1], key[0], key[2], key[3])):
+            item.add_marker(pytest.mark.xfail(reason=f"known deviation: {dev.reason}",
+                                              strict=False))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     outcome = yield
@@ -104,7 +117,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if key is None or (report.when != "call" and not report.skipped and report.passed):
         return
     outcomes = item.config._lmspec_outcomes
-    if report.failed:
+    if hasattr(report, "wasxfail") and report.skipped:
+        outcomes[key] = DEVIATION
+    elif report.failed:
         outcomes[key] = "failed"
     elif report.skipped:
         reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""

@@ -13,10 +13,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-ORDER = ("failed", "not implemented", "skipped", "passed")
-SYMBOL = {"passed": "pass", "failed": "FAIL", "not implemented": "n/i", "skipped": "skip"}
+ORDER = ("failed", "deviation", "not implemented", "skipped", "passed")
+SYMBOL = {"passed": "pass", "failed": "FAIL", "not implemented": "n/i", "skipped": "skip",
+          "deviation": "DEV"}
 COLOR = {"passed": "#d4f4d4", "failed": "#f8c8c8", "not implemented": "#e8e8e8",
-         "skipped": "#f4f0d0"}
+         "skipped": "#f4f0d0", "deviation": "#f8dca8"}
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -33,14 +34,15 @@ def conformance_matrix(rows: list[dict]) -> tuple[list[str], list[str], dict]:
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     for (comp, backend, dtype, test), f in facts.items():
         cell = cells.setdefault((comp, f"{backend}/{dtype}"), {
-            "status": "passed", "ratio": 0.0, "failed_tests": [], "tests": 0,
+            "status": "passed", "ratio": 0.0, "failed_tests": [], "deviation_tests": [],
+            "tests": 0,
             "unsupported": 0, "weak": 0})
         status = f.get("outcome", "passed")
         cell["tests"] += 1
         if ORDER.index(status) < ORDER.index(cell["status"]):
             cell["status"] = status
-        if status == "failed":
-            cell["failed_tests"].append(test)
+        if status in ("failed", "deviation"):
+            cell[f"{status}_tests"].append(test)
         cell["ratio"] = max(cell["ratio"], float(f.get("worst_ratio", 0.0) or 0.0))
         cell["unsupported"] += int(f.get("unsupported", 0) or 0)
         cell["weak"] += int(f.get("weak", 0) or 0)
@@ -48,6 +50,20 @@ def conformance_matrix(rows: list[dict]) -> tuple[list[str], list[str], dict]:
     comps = sorted({c for c, _ in cells})
     cols = sorted({col for _, col in cells}, key=lambda c: (c.split("/")[0] != "reference", c))
     return comps, cols, cells
+
+
+def _deviation_lines(cells: dict) -> list[str]:
+    """The known deviations that reproduced, each with its reason (spec/_deviations.py)."""
+    from lmspec.spec._deviations import deviation_for
+
+    out = []
+    for (comp, col), cell in sorted(cells.items()):
+        backend, dtype = col.rsplit("/", 1)
+        for test in cell.get("deviation_tests", []):
+            dev = deviation_for(backend, comp, dtype, test)
+            out.append(f"- {comp} on {col}, {test}: {dev.reason if dev else '(no entry)'}")
+    return ["### Known deviations (reproduced; never counted as passed)", "", *out, ""] if out \
+        else []
 
 
 def _cell_text(cell: dict | None) -> str:
@@ -251,6 +267,7 @@ def _markdown(comps, cols, cells, bench_rows, meta) -> str:
         if failures:
             lines += ["### Failures", ""] + [f"- {c} on {col}: {', '.join(t)}"
                                              for c, col, t in failures] + [""]
+        lines += _deviation_lines(cells)
     else:
         lines.append("No conformance results.")
     timings, ratios = _bench_tables(bench_rows)

@@ -19,12 +19,17 @@ rope_ref = importlib.import_module("lmspec.reference.rope")
 sdpa_ref = importlib.import_module("lmspec.reference.sdpa")
 
 MUTANTS: dict[str, tuple[str, SimpleNamespace]] = {}
+# name -> the conformance tests (test names without "test_") that must be among those failing:
+# proof that a given property can fail, not only that something catches the plant
+MUST_CATCH: dict[str, tuple[str, ...]] = {}
 
 
-def mutant(stem: str, fwd=None, vjp=None):
-    """Register a backend whose ``stem`` is replaced by a buggy forward and/or backward."""
+def mutant(stem: str, fwd=None, vjp=None, catches: tuple[str, ...] = ()):
+    """Register a backend whose ``stem`` is replaced by a buggy forward and/or backward;
+    ``catches`` names the tests that must fail on it."""
     def register(fn):
         name = fn.__name__
+        MUST_CATCH[name] = catches
         ns = SimpleNamespace(NAME=f"mutant-{name}", DTYPES=("float32",),
                              asarray=ref_backend.asarray, to_numpy=ref_backend.to_numpy)
         forward, backward = fn() if fwd is None and vjp is None else (fwd, vjp)
@@ -271,6 +276,127 @@ def cross_entropy_smoothing_over_other_classes():
 def cross_entropy_without_z_loss():
     def fwd(logits, targets, *, z_loss=0.0, **kw):
         return R.cross_entropy(logits, targets, **kw)
+    return fwd, None
+
+
+# ---- plants for the properties that compare a backend with itself (each names its test)
+
+
+def _spec(stem: str):
+    return importlib.import_module(f"lmspec.spec.{stem}")
+
+
+@mutant("rms_norm", catches=("rows_are_independent",))
+def rms_norm_statistic_over_the_whole_batch():
+    """The mean square taken over every element, not per row (a batch-norm slip)."""
+    def fwd(x, weight=None, *, eps=1e-6, weight_offset=0.0):
+        _spec("rms_norm").check_args(x, weight, eps=eps, weight_offset=weight_offset)
+        x = _f32(x)
+        ms = np.mean(x * x) if x.size else np.float32(0)
+        y = x / np.sqrt(ms + np.float32(eps))
+        return y if weight is None else y * (np.float32(weight_offset) + weight)
+    return fwd, None
+
+
+@mutant("softmax", catches=("shift_invariance",))
+def softmax_clamps_logits():
+    """Logits clamped to [-50, 50] before exp, a 'safety' clamp: no longer shift invariant."""
+    def fwd(x, *, axis=-1):
+        return R.softmax(np.clip(_f32(x), -50, 50), axis=axis).astype(np.float32)
+    return fwd, None
+
+
+@mutant("layer_norm", catches=("shift_invariance",))
+def layer_norm_one_pass_variance():
+    """var = E[x^2] - E[x]^2 in float32: cancels when the mean is large against the spread."""
+    def fwd(x, weight=None, bias=None, *, eps=1e-5, weight_offset=0.0):
+        _spec("layer_norm").check_args(x, weight, bias, eps=eps, weight_offset=weight_offset)
+        x = _f32(x)
+        mean = x.mean(-1, keepdims=True)
+        var = np.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0)
+        y = (x - mean) / np.sqrt(var + np.float32(eps))
+        if weight is not None:
+            y = y * (np.float32(weight_offset) + weight)
+        return y if bias is None else y + bias
+    return fwd, None
+
+
+@mutant("embedding", catches=("flat_ids_equal_shaped_ids",))
+def embedding_ids_read_column_major():
+    def fwd(ids, table):
+        ids = np.asarray(ids)
+        flat = ids.reshape(-1, order="F") if ids.size else ids.reshape(-1)
+        return R.embedding(flat, table).reshape(ids.shape + (np.shape(table)[1],))
+    return fwd, None
+
+
+@mutant("rope", catches=("preserves_norms",))
+def rope_sine_sign_lost():
+    """y1 = x1 cos + x2 sin, y2 = x2 cos + x1 sin: the rotation's minus sign dropped."""
+    def fwd(x, positions, *, theta=10000.0, rotary_dim=None, interleaved=False, scaling=None):
+        _spec("rope").check_args(x, positions, theta=theta, rotary_dim=rotary_dim,
+                                 interleaved=interleaved, scaling=scaling)
+        rope_ref._check_positions(positions)
+        x = _f32(x)
+        r = x.shape[-1] if rotary_dim is None else rotary_dim
+        cos, sin = rope_ref._cos_sin(positions, r, theta, scaling)
+        u, v = rope_ref._split(x, r, interleaved)
+        out = rope_ref._join(u * cos + v * sin, u * sin + v * cos, x[..., r:], interleaved)
+        return out.astype(np.float32)
+    return fwd, None
+
+
+@mutant("rope", catches=("depends_only_on_relative_position",))
+def rope_cache_clamps_positions():
+    """A cos/sin cache of 128 positions indexed with clamping: positions past it reuse row 127."""
+    def fwd(x, positions, *, theta=10000.0, rotary_dim=None, interleaved=False, scaling=None):
+        return R.rope(x, np.minimum(positions, 127), theta=theta, rotary_dim=rotary_dim,
+                      interleaved=interleaved, scaling=scaling)
+    return fwd, None
+
+
+@mutant("sdpa", catches=("causal_ignores_the_future",))
+def sdpa_causal_sees_the_next_token():
+    def visible(tq, tk, sq=None, skv=None, *, causal=False, window=None, batch=1):
+        return _visible_shifted(tq, tk, sq, skv, causal, window, batch, shift=1)
+    return _with_visible(visible), None
+
+
+@mutant("sdpa", catches=("key_order_does_not_matter_without_position_masks",))
+def sdpa_split_kv_outputs_averaged():
+    """Split-KV in two halves combined by a plain mean of the outputs instead of by their lse."""
+    def fwd(q, k, v, segment_ids_q=None, segment_ids_kv=None, **kw):
+        tk = np.shape(k)[1]
+        if tk < 2:
+            return R.sdpa(q, k, v, segment_ids_q, segment_ids_kv, **kw)
+        h = tk // 2
+        kv = lambda a, s: None if a is None else np.asarray(a)[:, s]  # noqa: E731
+        parts = [R.sdpa(q, kv(k, s), kv(v, s), segment_ids_q, kv(segment_ids_kv, s), **kw)
+                 for s in (slice(0, h), slice(h, tk))]
+        out = (parts[0][0] + parts[1][0]) / 2
+        lse = np.logaddexp(parts[0][1], parts[1][1])
+        return out.astype(np.float32), lse.astype(np.float32)
+    return fwd, None
+
+
+@mutant("cross_entropy", catches=("ignored_rows_are_as_if_absent",))
+def cross_entropy_mean_over_all_rows():
+    """Ignored rows contribute 0 but still count in the mean's denominator."""
+    def fwd(logits, targets, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0):
+        loss = R.cross_entropy(logits, targets, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing, z_loss=z_loss)
+        t = np.asarray(targets)
+        return np.float32(loss * int((t != ignore_index).sum()) / max(t.size, 1))
+    return fwd, None
+
+
+@mutant("cross_entropy", catches=("row_order_does_not_matter",))
+def cross_entropy_targets_shifted_inside():
+    """Targets rolled by one row inside the loss (a next-token shift done twice)."""
+    def fwd(logits, targets, **kw):
+        t = np.asarray(targets).reshape(-1)
+        rolled = np.roll(t, 1).reshape(np.shape(targets)) if t.size else np.asarray(targets)
+        return R.cross_entropy(logits, rolled, **kw)
     return fwd, None
 
 

@@ -49,6 +49,9 @@ def test_planted_bug_is_caught(failures, name):
     caught = failures.get(backend.NAME, [])
     assert caught, f"planted bug {name!r} in {stem} passed the whole conformance suite"
     assert all(t.startswith(f"{stem}:") for t in caught), caught
+    missing = [t for t in mutants.MUST_CATCH.get(name, ()) if f"{stem}:{t}" not in caught]
+    assert not missing, f"planted bug {name!r}: these tests should fail on it but passed: " \
+                        f"{missing} (failed: {caught})"
 
 
 def test_there_are_at_least_ten_distinct_plants():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import given
+from hypothesis import strategies as st
 
 from lmspec.conformance import _check as check
 from lmspec.spec import Case
@@ -24,6 +25,20 @@ def test_absorbed_equals_naive(target, case):
     naive = Case(case.arrays, dict(case.params, form="naive"))
     absorbed = Case(case.arrays, dict(case.params, form="absorbed"))
     check.check_same(target, "absorbed_is_naive", STEM, naive, absorbed)
+
+
+@given(case=COMPONENT.cases(), data=st.data())
+def test_causal_ignores_the_future(target, case, data):
+    """The first m outputs of a causal pass (after any cache) equal a pass over the first m
+    new tokens only: nothing after a query's position reaches it."""
+    t = case.arrays["x"].shape[1]
+    if t < 2:
+        return
+    m = data.draw(st.integers(1, t - 1))
+    params = dict(case.params, causal=True)
+    cut = dict(case.arrays, x=case.arrays["x"][:, :m], positions=case.arrays["positions"][:, :m])
+    check.check_same(target, "causal_prefix", STEM, Case(case.arrays, params), Case(cut, params),
+                     view_a=lambda o: o[0][:, :m])
 
 
 def _decode(call, arrays: dict, params: dict) -> tuple[np.ndarray, ...]:

@@ -38,6 +38,14 @@ def _torch_sdpa(b, t, h, d):
     return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def _jax_dpa(b, t, h, d):
+    jax = pytest.importorskip("jax")
+    arrays = _arrays("sdpa", b, t, h, d)
+    q, k, v = (jax.numpy.asarray(arrays[n], jax.numpy.float32) for n in "qkv")  # (B, T, H, D)
+    fn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
+    return lambda: _bench.sync(fn(q, k, v))
+
+
 def _impls() -> list:
     """Every (op, backend) pair, the reference's sdpa and the torch peer. The baselines
     ("reference", "peer:") are all softmax attention, so every speedup row reads "x times as
@@ -49,7 +57,8 @@ def _impls() -> list:
             continue
         params += [pytest.param(("backend", op, b), id=f"{op}/{b.name}") for op in OPS]
     return params + [pytest.param(("peer", "peer:torch.sdpa", _torch_sdpa),
-                                  id="peer:torch.sdpa")]
+                                  id="peer:torch.sdpa"),
+                     pytest.param(("peer", "peer:jax.nn.dpa", _jax_dpa), id="peer:jax.nn.dpa")]
 
 
 def _too_big(op: str, label: str, b: int, t: int, h: int) -> str | None:

@@ -46,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     choices=tuple(PROFILES), help="hypothesis budget (default: ci)")
     group.addoption("--results", default=None,
                     help="where to write result rows (default: results/conformance.jsonl)")
+    group.addoption("--only-implemented", action="store_true",
+                    help="leave out (instead of reporting 'not implemented') the components a "
+                         "backend lacks: for runs of many single-component backends")
 
 
 def _split(values: list[str]) -> list[str]:
@@ -86,6 +89,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
         targets = selected_targets(metafunc.config)
+        if metafunc.config.getoption("--only-implemented"):
+            stem = Path(str(metafunc.definition.fspath)).stem.removeprefix("test_")
+            targets = [t for t in targets if t.backend.has(stem)]
         metafunc.parametrize("target", targets, ids=[str(t) for t in targets])
 
 

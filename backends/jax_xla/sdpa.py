@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -163,11 +164,25 @@ def _sdpa(q, k, v, seg_q, seg_kv, *, causal: bool, window: int | None, softcap: 
     return _attend(q, k, v, seg_q, seg_kv, causal, window, softcap, scale)
 
 
+def _pallas_mode() -> str | None:
+    """Where the forward runs the Pallas kernel (kernels/sdpa.py): 'compiled' on a GPU,
+    'interpret' anywhere with LMSPEC_PALLAS_INTERPRET=1 (tests), else None: XLA. TPU keeps XLA:
+    the kernel's blocks are shaped for Triton, not for Mosaic's layout rules (untested there)."""
+    if os.environ.get("LMSPEC_PALLAS_INTERPRET") == "1":
+        return "interpret"
+    return "compiled" if jax.default_backend() == "gpu" else None
+
+
 def sdpa(q, k, v, segment_ids_q=None, segment_ids_kv=None, *, causal: bool = False,
          window: int | None = None, softcap: float | None = None, scale: float | None = None):
     check_args(q, k, v, segment_ids_q, segment_ids_kv, causal=causal, window=window,
                softcap=softcap, scale=scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _sdpa(q, k, v, segment_ids_q, segment_ids_kv, causal=bool(causal),
-                 window=None if window is None else int(window),
-                 softcap=None if softcap is None else float(softcap), scale=scale)
+    static = dict(causal=bool(causal), window=None if window is None else int(window),
+                  softcap=None if softcap is None else float(softcap), scale=scale)
+    mode = _pallas_mode()
+    if mode is not None:  # the Pallas forward; the backward is _attend_bwd either way
+        from lmspec.backends.jax_xla.kernels.sdpa import sdpa as flash  # it imports this module
+        return flash(q, k, v, segment_ids_q, segment_ids_kv, **static,
+                     interpret=mode == "interpret")
+    return _sdpa(q, k, v, segment_ids_q, segment_ids_kv, **static)

@@ -81,7 +81,8 @@ def tanh(x) -> np.ndarray:
 
 
 def sigmoid(x) -> np.ndarray:
+    """1 / (1 + e^-x), as e^x / (1 + e^x) for x < 0: neither branch overflows, and small values
+    keep their relative accuracy (1 - 1/(1 + e^|x|) cancels to 0 below x ~ -37 in float64)."""
     x = f(x)
-    # split by sign so neither branch overflows
-    pos = c(1.0) / (c(1.0) + f(np.exp(-np.abs(x))))
-    return f(np.where(x >= 0, pos, c(1.0) - pos))
+    e = f(np.exp(-np.abs(x)))
+    return f(np.where(x >= 0, c(1.0) / f(c(1.0) + e), e / f(c(1.0) + e)))

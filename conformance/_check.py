@@ -171,7 +171,8 @@ def reference_grads(stem: str, cts: Sequence, arrays: Mapping, params: Mapping,
 
 
 def require_impl(target: Target, stem: str, grad: bool = False) -> None:
-    if not target.backend.has(stem, target.dtype) or (grad and not target.backend.has_vjp(stem)):
+    dtype = None if target.dtype == "-" else target.dtype  # "-": a dtype-free stem
+    if not target.backend.has(stem, dtype) or (grad and not target.backend.has_vjp(stem)):
         _results.record_status(stem, target, "gradient" if grad else "forward", NOT_IMPLEMENTED)
         pytest.skip(f"{NOT_IMPLEMENTED}: {target.backend.name} has no {stem}"
                     f"{' gradient' if grad else ''} in {target.dtype}")

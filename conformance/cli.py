@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("case", help="the .json file of a saved case")
     sp.add_argument("--backend", help="replay against another backend")
     sp.set_defaults(fn=cmd_replay)
+
+    from lmspec.conformance import _tokenizer_cli  # lmspec tokenizer train|encode|decode
+
+    _tokenizer_cli.add_parser(sub)
     return p
 
 

@@ -88,7 +88,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
-        targets = selected_targets(metafunc.config)
+        if getattr(metafunc.module, "DTYPE_FREE", False):
+            # dtype-free stems (tokenizer, bpe_train): once per backend, dtype "-"; backends
+            # with DTYPES = () appear only here, never in the numeric tests
+            targets = [Target(b, "-") for b in selected_backends(metafunc.config)]
+        else:
+            targets = selected_targets(metafunc.config)
         if metafunc.config.getoption("--only-implemented"):
             stem = Path(str(metafunc.definition.fspath)).stem.removeprefix("test_")
             targets = [t for t in targets if t.backend.has(stem)]

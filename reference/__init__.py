@@ -6,6 +6,7 @@ backward. ``computing_in(dtype)`` evaluates it in a lower dtype (the naive basel
 
 from lmspec.reference._numerics import computing_in
 from lmspec.reference.attention_merge import attention_merge, attention_merge_vjp
+from lmspec.reference.bpe_train import bpe_train
 from lmspec.reference.cross_entropy import cross_entropy, cross_entropy_vjp
 from lmspec.reference.embedding import embedding, embedding_vjp
 from lmspec.reference.geglu import geglu, geglu_vjp
@@ -19,6 +20,18 @@ from lmspec.reference.rope import rope, rope_frequencies, rope_vjp
 from lmspec.reference.sdpa import sdpa, sdpa_vjp, visible
 from lmspec.reference.softmax import softmax, softmax_vjp
 from lmspec.reference.swiglu import swiglu, swiglu_vjp
+from lmspec.reference.tokenizer import (
+    StreamDecoder,
+    bpe_encode_piece,
+    load_gpt2,
+    load_hf_json,
+    load_preset,
+    load_tiktoken,
+    pretokenize,
+    save_hf_json,
+    save_tiktoken,
+    tokenizer,
+)
 
 __all__ = [
     "attention_merge", "attention_merge_vjp", "lightning_attention", "lightning_attention_vjp",
@@ -28,4 +41,6 @@ __all__ = [
     "mla_vjp", "rms_norm",
     "rms_norm_vjp", "rope", "rope_frequencies", "rope_vjp", "sdpa", "sdpa_vjp", "softmax",
     "softmax_vjp", "swiglu", "swiglu_vjp", "visible",
+    "bpe_train", "tokenizer", "StreamDecoder", "bpe_encode_piece", "load_gpt2", "load_hf_json",
+    "load_preset", "load_tiktoken", "pretokenize", "save_hf_json", "save_tiktoken",
 ]

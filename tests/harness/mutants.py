@@ -523,3 +523,269 @@ def mla_causal_ignores_cache_offset():
         finally:
             sdpa_ref.visible = original
     return fwd, None
+
+
+# ----------------------------------------------------------------------------- tokenizer, bpe_train
+# Dtype-free stems: a plant is a backend with DTYPES = () whose stem is a buggy factory.
+
+tok_ref = importlib.import_module("lmspec.reference.tokenizer")
+train_ref = importlib.import_module("lmspec.reference.bpe_train")
+
+
+def mutant_module(stem: str, catches: tuple[str, ...] = ()):
+    """Register a dtype-free backend whose ``stem`` is the callable ``fn()`` returns."""
+    def register(fn):
+        name = fn.__name__
+        MUST_CATCH[name] = catches
+        ns = SimpleNamespace(NAME=f"mutant-{name}", DTYPES=(), asarray=ref_backend.asarray,
+                             to_numpy=ref_backend.to_numpy)
+        setattr(ns, stem, fn())
+        MUTANTS[name] = (stem, ns)
+        return ns
+    return register
+
+
+def _tokenizer_factory(cls, pattern_fn=lambda p: p):
+    def tokenizer(ranks, *, pattern, special_tokens=None):
+        tok_ref.check_args(ranks, pattern=pattern, special_tokens=special_tokens)
+        return cls(ranks, pattern_fn(pattern), special_tokens)
+    return tokenizer
+
+
+def _ordinary_with(parts_fn):
+    """A Tokenizer whose per-piece BPE is ``parts_fn(piece bytes, ranks) -> parts``."""
+    class Planted(tok_ref.Tokenizer):
+        def _ordinary(self, text):
+            return [self.ranks[p] for piece in tok_ref.pretokenize(text, self.pattern)
+                    for p in parts_fn(piece.encode("utf-8"), self.ranks)]
+    return Planted
+
+
+@mutant_module("tokenizer", catches=("nasty_text", "matches_reference_on_random_text"))
+def tokenizer_rightmost_on_equal_rank():
+    """Equal ranks merge rightmost first: 'aaa' -> a + aa."""
+    def parts(piece, ranks):
+        if piece in ranks:
+            return [piece]
+        real_push, real_pop = tok_ref.heappush, tok_ref.heappop  # heap keyed (rank, -start)
+
+        def push(heap, item):
+            real_push(heap, (item[0], -item[1], item[2]))
+
+        def pop(heap):
+            r, i, end = real_pop(heap)
+            return r, -i, end
+        tok_ref.heappush, tok_ref.heappop = push, pop
+        try:
+            return tok_ref.merge_parts(piece, ranks)
+        finally:
+            tok_ref.heappush, tok_ref.heappop = real_push, real_pop
+    return _tokenizer_factory(_ordinary_with(parts))
+
+
+@mutant_module("tokenizer", catches=("nasty_text",))
+def tokenizer_possessive_read_as_repeat():
+    """cl100k's \\p{N}{1,3}+ read as (\\p{N}{1,3})+ (HF's regex engine): digit runs whole."""
+    return _tokenizer_factory(tok_ref.Tokenizer,
+                              lambda p: p.replace(r"\p{N}{1,3}+", r"(?:\p{N}{1,3})+"))
+
+
+@mutant_module("tokenizer", catches=("long_piece_without_a_break",))
+def tokenizer_chunks_long_pieces():
+    """Pieces over 4096 bytes encoded in 4096-byte chunks (a 'bound the work' shortcut)."""
+    def parts(piece, ranks):
+        if piece in ranks:
+            return [piece]
+        return [p for k in range(0, len(piece), 4096)
+                for p in tok_ref.merge_parts(piece[k:k + 4096], ranks)]
+    return _tokenizer_factory(_ordinary_with(parts))
+
+
+@mutant_module("tokenizer", catches=("every_token_encodes_to_itself",))
+def tokenizer_stops_merging_at_two_parts():
+    """No whole-piece shortcut, and the merge loop stops when two parts are left."""
+    def parts(piece, ranks):
+        out = [piece[i:i + 1] for i in range(len(piece))]
+        while len(out) > 2:
+            cands = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(out, out[1:]))
+                     if a + b in ranks]
+            if not cands:
+                break
+            _, i = min(cands)
+            out[i:i + 2] = [out[i] + out[i + 1]]
+        return out
+    return _tokenizer_factory(_ordinary_with(parts))
+
+
+@mutant_module("tokenizer", catches=("nasty_text",))
+def tokenizer_decode_drops_nul():
+    """decode_bytes strips NUL bytes (a C-string habit)."""
+    class Planted(tok_ref.Tokenizer):
+        def decode_bytes(self, ids):
+            return super().decode_bytes(ids).replace(b"\x00", b"")
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("decode_replaces_invalid_and_partial_utf8",))
+def tokenizer_decode_drops_incomplete_tail():
+    """An incomplete UTF-8 sequence at the end is dropped instead of replaced."""
+    class Planted(tok_ref.Tokenizer):
+        def decode(self, ids, errors="replace"):
+            data = self.decode_bytes(ids)
+            for k in (1, 2, 3):  # a lead byte of a longer sequence within the last 3 bytes
+                if len(data) >= k and data[-k] >= 0xC0 and k < (
+                        2 if data[-k] < 0xE0 else 3 if data[-k] < 0xF0 else 4):
+                    data = data[:-k]
+                    break
+            return data.decode("utf-8", errors)
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("special_tokens",))
+def tokenizer_allowed_special_as_text():
+    """Allowed specials are encoded as plain text (the raise still works)."""
+    class Planted(tok_ref.Tokenizer):
+        def encode(self, text, *, allowed_special=frozenset(), disallowed_special="all"):
+            super().encode(text, allowed_special=allowed_special,
+                           disallowed_special=disallowed_special)
+            return self.encode_ordinary(text)
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("batch_equals_single",))
+def tokenizer_batch_skips_empty_texts():
+    class Planted(tok_ref.Tokenizer):
+        def encode_batch(self, texts, **kw):
+            return [self.encode(t, **kw) for t in texts if t]
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("ids_are_within_the_vocabulary",))
+def tokenizer_n_vocab_counts_tokens():
+    """n_vocab = number of tokens (wrong where ids have gaps, as cl100k's specials do)."""
+    class Planted(tok_ref.Tokenizer):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.n_vocab = len(self.ranks) + len(self.special_tokens)
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("deterministic", "round_trip",
+                                     "encoding_is_the_concatenation_of_the_pieces"))
+def tokenizer_cache_stores_reversed_parts():
+    """A piece cache that stores the parts reversed: right the first time only."""
+    class Planted(tok_ref.Tokenizer):
+        def _ordinary(self, text):
+            cache = self.__dict__.setdefault("_cache", {})
+            out = []
+            for piece in tok_ref.pretokenize(text, self.pattern):
+                ids = cache.get(piece)
+                if ids is None:
+                    ids = tok_ref.bpe_encode_piece(piece.encode("utf-8"), self.ranks)
+                    cache[piece] = ids[::-1]
+                out += ids
+            return out
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("lone_surrogates_become_replacement_characters",))
+def tokenizer_drops_lone_surrogates():
+    class Planted(tok_ref.Tokenizer):
+        def encode_ordinary(self, text):
+            return super().encode_ordinary(text.encode("utf-8", "ignore").decode("utf-8"))
+    return _tokenizer_factory(Planted)
+
+
+@mutant_module("tokenizer", catches=("errors",))
+def tokenizer_accepts_any_ranks():
+    """No argument checks: a vocabulary without every byte is accepted."""
+    def tokenizer(ranks, *, pattern, special_tokens=None):
+        return tok_ref.Tokenizer(ranks, pattern, special_tokens)
+    return tokenizer
+
+
+@mutant_module("bpe_train", catches=("merges_equal_the_reference",))
+def bpe_train_ties_to_the_largest_pair():
+    def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
+        return _train_with_key(texts, vocab_size, pattern, special_tokens,
+                               lambda counts: max(counts, key=lambda p: (counts[p], p)))
+    return bpe_train
+
+
+def _train_with_key(texts, vocab_size, pattern, special_tokens, choose, count=None):
+    """The reference trainer with another pair choice and/or pair counting."""
+    train_ref.check_args(texts, vocab_size=vocab_size, pattern=pattern,
+                         special_tokens=special_tokens)
+    vocab = {i: bytes([i]) for i in range(256)}
+    ids = {t: i for i, t in vocab.items()}
+    words = {tuple(w): n for w, n in train_ref.words_of(texts, pattern, special_tokens).items()}
+    merges = []
+    while len(vocab) < vocab_size - len(special_tokens):
+        counts = (count or train_ref.pair_counts)(words)
+        if not counts:
+            break
+        pair = choose(counts)
+        token = vocab[pair[0]] + vocab[pair[1]]
+        if token not in ids:
+            ids[token] = len(vocab)
+            vocab[len(vocab)] = token
+        words = {train_ref.merge_word(w, pair, ids[token]): n for w, n in words.items()}
+        merges.append((vocab[pair[0]], vocab[pair[1]]))
+    specials = {s: len(vocab) + k for k, s in enumerate(special_tokens)}
+    return train_ref.BPEModel(ranks=dict(ids), merges=merges, special_tokens=specials,
+                              pattern=pattern)
+
+
+def _first_max(counts):
+    return min(counts, key=lambda p: (-counts[p], p))
+
+
+@mutant_module("bpe_train", catches=("merges_equal_the_reference",))
+def bpe_train_counts_overlaps_once():
+    """'aaa' counts (a, a) once, as a non-overlapping scan would."""
+    def count(words):
+        from collections import Counter
+
+        counts = Counter()
+        for w, n in words.items():
+            i = 0
+            while i + 1 < len(w):
+                counts[(w[i], w[i + 1])] += n
+                i += 2 if w[i] == w[i + 1] else 1
+        return counts
+
+    def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
+        return _train_with_key(texts, vocab_size, pattern, special_tokens, _first_max, count)
+    return bpe_train
+
+
+@mutant_module("bpe_train", catches=("id_policy",))
+def bpe_train_specials_first():
+    """Specials take ids 256.. and merged tokens follow them."""
+    def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
+        model = R.bpe_train(texts, vocab_size=vocab_size, pattern=pattern,
+                            special_tokens=special_tokens)
+        shift = len(special_tokens)
+        ranks = {t: (i if i < 256 else i + shift) for t, i in model.ranks.items()}
+        return train_ref.BPEModel(ranks, model.merges,
+                                  {s: 256 + k for k, s in enumerate(special_tokens)}, pattern)
+    return bpe_train
+
+
+@mutant_module("bpe_train", catches=("special_tokens_never_merge",))
+def bpe_train_merges_through_specials():
+    """Special-token text is trained on like any text."""
+    def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
+        model = R.bpe_train(texts, vocab_size=vocab_size - len(special_tokens), pattern=pattern)
+        n = len(model.ranks)
+        return train_ref.BPEModel(model.ranks, model.merges,
+                                  {s: n + k for k, s in enumerate(special_tokens)}, pattern)
+    return bpe_train
+
+
+@mutant_module("bpe_train", catches=("errors",))
+def bpe_train_without_checks():
+    def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
+        return _train_with_key(list(texts), max(vocab_size, 256), pattern,
+                               tuple(dict.fromkeys(special_tokens)), _first_max)
+    return bpe_train

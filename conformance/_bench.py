@@ -48,6 +48,13 @@ GATES = (
          "backend >= tiktoken, needs conformance rows: lmspec.reports.tokenizer computes it)"),
     Gate("bpe_train", "bpe_fast", "reference", 20.0, "1MiB-v4096",
          "issue 3: our fast trainer >= 20x the reference trainer at vocab 4096 on 1 MB"),
+    Gate("tokenizer", "bpe_fast", "reference", 5.0, None,
+         "issue 3: our fast encoder >= 5x the reference (the serving gate, fastest conforming "
+         "backend >= tiktoken, needs conformance rows: lmspec.reports.tokenizer computes it)"),
+    Gate("bpe_train", "bpe_fast", "reference", 20.0, "1MiB-v4096",
+         "issue 3: our fast trainer >= 20x the reference trainer at vocab 4096 on 1 MB"),
+    Gate("moe_layer", "torch_triton", "impl:loop", 3.0, "N2048",
+         "issue 5: grouped dispatch >= 3x the per-expert loop (64 experts, top-8)"),
 )
 
 

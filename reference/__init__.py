@@ -15,6 +15,10 @@ from lmspec.reference.lightning_attention import lightning_attention, lightning_
 from lmspec.reference.linear_attention import linear_attention, linear_attention_vjp
 from lmspec.reference.log_softmax import log_softmax, log_softmax_vjp
 from lmspec.reference.mla import mla, mla_vjp
+from lmspec.reference.moe_balance_loss import moe_balance_loss, moe_balance_loss_vjp
+from lmspec.reference.moe_bias_update import moe_bias_update
+from lmspec.reference.moe_layer import moe_layer, moe_layer_vjp
+from lmspec.reference.moe_router import moe_router, moe_router_vjp
 from lmspec.reference.rms_norm import rms_norm, rms_norm_vjp
 from lmspec.reference.rope import rope, rope_frequencies, rope_vjp
 from lmspec.reference.sdpa import sdpa, sdpa_vjp, visible
@@ -38,7 +42,8 @@ __all__ = [
     "linear_attention", "linear_attention_vjp",
     "computing_in", "cross_entropy", "cross_entropy_vjp", "embedding", "embedding_vjp", "geglu",
     "geglu_vjp", "layer_norm", "layer_norm_vjp", "log_softmax", "log_softmax_vjp", "mla",
-    "mla_vjp", "rms_norm",
+    "mla_vjp", "moe_balance_loss", "moe_balance_loss_vjp", "moe_bias_update", "moe_layer",
+    "moe_layer_vjp", "moe_router", "moe_router_vjp", "rms_norm",
     "rms_norm_vjp", "rope", "rope_frequencies", "rope_vjp", "sdpa", "sdpa_vjp", "softmax",
     "softmax_vjp", "swiglu", "swiglu_vjp", "visible",
     "bpe_train", "tokenizer", "StreamDecoder", "bpe_encode_piece", "load_gpt2", "load_hf_json",

@@ -25,6 +25,10 @@ from lmspec.backends.jax_xla.lightning_attention import lightning_attention
 from lmspec.backends.jax_xla.linear_attention import linear_attention
 from lmspec.backends.jax_xla.log_softmax import log_softmax
 from lmspec.backends.jax_xla.mla import mla
+from lmspec.backends.jax_xla.moe_balance_loss import moe_balance_loss
+from lmspec.backends.jax_xla.moe_bias_update import moe_bias_update
+from lmspec.backends.jax_xla.moe_layer import moe_layer, moe_layer_vjp
+from lmspec.backends.jax_xla.moe_router import moe_router, moe_router_vjp
 from lmspec.backends.jax_xla.rms_norm import rms_norm
 from lmspec.backends.jax_xla.rope import rope
 from lmspec.backends.jax_xla.sdpa import sdpa
@@ -34,7 +38,10 @@ from lmspec.backends.jax_xla.swiglu import swiglu
 __all__ = [
     "DTYPES", "NAME", "UNSUPPORTED", "asarray", "attention_merge", "cross_entropy", "embedding",
     "geglu", "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla",
-    "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
+    "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_layer_vjp", "moe_router",
+    "moe_router_vjp",
+    "rms_norm", "rope", "sdpa", "softmax", "swiglu",
+    "to_numpy", "vjp",
 ]
 
 NAME = "jax_xla"

@@ -32,6 +32,10 @@ from lmspec.backends.torch_triton.lightning_attention import lightning_attention
 from lmspec.backends.torch_triton.linear_attention import linear_attention
 from lmspec.backends.torch_triton.log_softmax import log_softmax
 from lmspec.backends.torch_triton.mla import mla
+from lmspec.backends.torch_triton.moe_balance_loss import moe_balance_loss
+from lmspec.backends.torch_triton.moe_bias_update import moe_bias_update
+from lmspec.backends.torch_triton.moe_layer import moe_layer
+from lmspec.backends.torch_triton.moe_router import moe_router
 from lmspec.backends.torch_triton.rms_norm import rms_norm
 from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
@@ -44,5 +48,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 __all__ = [
     "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
     "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
+    "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_router",
     "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]

@@ -31,6 +31,10 @@ from lmspec.backends.torch_triton import (
     layer_norm,
     log_softmax,
     mla,
+    moe_balance_loss,
+    moe_bias_update,
+    moe_layer,
+    moe_router,
     softmax,
     to_numpy,
     vjp,
@@ -51,6 +55,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 __all__ = [
     "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
     "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
+    "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_router",
     "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]
 

@@ -789,3 +789,258 @@ def bpe_train_without_checks():
         return _train_with_key(list(texts), max(vocab_size, 256), pattern,
                                tuple(dict.fromkeys(special_tokens)), _first_max)
     return bpe_train
+
+
+# ----------------------------------------------------------------------------- moe_layer
+
+moe_ref = importlib.import_module("lmspec.reference.moe_layer")
+
+
+@mutant("moe_layer", catches=("forward",))
+def moe_layer_combine_without_weights():
+    """Expert outputs summed as they are: the routing weights never multiply them."""
+    def fwd(x, topk_ids, topk_weights, *args, **kw):
+        return R.moe_layer(x, topk_ids, np.ones_like(topk_weights), *args, **kw)
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("forward", "no_token_lost_or_duplicated"))
+def moe_layer_capacity_token_major():
+    """Capacity claimed token by token (all of token 0's slots, then token 1's, ...), not the
+    spec's slot priority."""
+    def kept_token_major(topk_ids, n_experts, capacity):
+        ids = np.asarray(topk_ids)
+        kept = original(ids.T, n_experts, capacity).T if capacity is not None else None
+        return np.ones(ids.shape, bool) if kept is None else kept
+
+    original = moe_ref.kept_mask
+
+    def fwd(*args, **kw):
+        moe_ref.kept_mask = kept_token_major
+        try:
+            return R.moe_layer(*args, **kw)
+        finally:
+            moe_ref.kept_mask = original
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("large_capacity_equals_no_capacity",
+                                "kept_is_exact_and_within_capacity"))
+def moe_layer_capacity_ignores_factor():
+    """C = ceil(N k / E) whatever the capacity factor (a factor of 1 hard-wired)."""
+    def fwd(*args, capacity_factor=None, **kw):
+        return R.moe_layer(*args, capacity_factor=None if capacity_factor is None else 1.0,
+                           **kw)
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("forward",))
+def moe_layer_shared_gate_ignored():
+    """Qwen2-MoE's sigmoid gate on the shared expert dropped."""
+    def fwd(*args, shared_gate=None, **kw):
+        return R.moe_layer(*args, shared_gate=None, **kw)
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("forward",))
+def moe_layer_scatter_overwrites():
+    """The combine writes each slot's output instead of adding it: a token keeps only its
+    last slot's expert."""
+    def fwd(x, topk_ids, topk_weights, *args, **kw):
+        last = np.arange(np.shape(topk_weights)[1]) == np.shape(topk_weights)[1] - 1
+        return R.moe_layer(x, topk_ids, topk_weights * last, *args, **kw)
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("relabelling_experts_changes_nothing",))
+def moe_layer_group_offset_off_by_one():
+    """The grouped matmul reads expert e + 1's down projection (a shifted group offset)."""
+    def fwd(x, topk_ids, topk_weights, w_gate, w_up, w_down, *args, **kw):
+        return R.moe_layer(x, topk_ids, topk_weights, w_gate, w_up, np.roll(w_down, -1, 0),
+                           *args, **kw)
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("zero_weight_tokens_get_only_the_shared_expert",))
+def moe_layer_renormalizes_weights():
+    """The layer renormalizes the weights to sum 1 (the router's job, done twice); an
+    all-zero row becomes uniform."""
+    def fwd(x, topk_ids, topk_weights, *args, **kw):
+        w = _f32(topk_weights)
+        s = w.sum(axis=1, keepdims=True)
+        w = np.where(s != 0, w / np.where(s != 0, s, 1), np.float32(1 / max(w.shape[1], 1)))
+        return R.moe_layer(x, topk_ids, w, *args, **kw)
+    return fwd, None
+
+
+@mutant("moe_layer", catches=("backward",))
+def moe_layer_dropped_slots_get_weight_gradient():
+    """The backward ignores capacity for the weights: a dropped slot's weight gets the
+    gradient it would have had if kept."""
+    def vjp(ct, *args, capacity_factor=None, **kw):
+        grads = R.moe_layer_vjp(ct, *args, capacity_factor=capacity_factor, **kw)
+        free = R.moe_layer_vjp(ct, *args, capacity_factor=None, **kw)
+        return dict(grads, topk_weights=free["topk_weights"])
+    return None, vjp
+
+
+# ----------------------------------------------------------------------------- moe_router,
+# moe_balance_loss, moe_bias_update
+router_ref = importlib.import_module("lmspec.reference.moe_router")
+balance_ref = importlib.import_module("lmspec.reference.moe_balance_loss")
+
+
+def mutant_without_vjp(stem: str, catches: tuple[str, ...] = ()):
+    """Register a float32 backend whose non-differentiable ``stem`` is ``fn()`` (no vjp)."""
+    def register(fn):
+        name = fn.__name__
+        MUST_CATCH[name] = catches
+        ns = SimpleNamespace(NAME=f"mutant-{name}", DTYPES=("float32",),
+                             asarray=ref_backend.asarray, to_numpy=ref_backend.to_numpy)
+        setattr(ns, stem, ref_backend._in_input_dtype(fn()))
+        MUTANTS[name] = (stem, ns)
+        return ns
+    return register
+
+
+def _patched(module, name, replacement, fn):
+    """Run ``fn`` with ``module.name`` replaced."""
+    def run(*args, **kw):
+        original = getattr(module, name)
+        setattr(module, name, replacement)
+        try:
+            return fn(*args, **kw)
+        finally:
+            setattr(module, name, original)
+    return run
+
+
+@mutant("moe_router", catches=("forward", "bias_never_enters_the_weights"))
+def moe_router_weights_from_biased_scores():
+    """The weights gathered from s + bias (the selection scores) instead of s."""
+    def fwd(logits, bias=None, **kw):
+        ids, w, s = R.moe_router(logits, bias, **kw)
+        sel = s if bias is None else s + _f32(bias)
+        w = router_ref.weights_at(sel, ids, norm_topk_prob=kw.get("norm_topk_prob", False),
+                                  routed_scaling_factor=kw.get("routed_scaling_factor", 1.0))
+        return ids, w, s
+    return fwd, None
+
+
+@mutant("moe_router", catches=("forward",))
+def moe_router_group_score_is_the_max():
+    """Group score = the group's largest u (DeepSeek-V2's group_limited_greedy), not top-2 sum."""
+    def kept(u, n_group, topk_group):
+        n, e = u.shape
+        best = np.asarray(u, np.float64).reshape(n, n_group, e // n_group).max(-1)
+        keep = np.zeros((n, n_group), bool)
+        np.put_along_axis(keep, router_ref._desc_order(best)[:, :topk_group], True, axis=-1)
+        return keep
+    return _patched(router_ref, "kept_groups", kept, R.moe_router), None
+
+
+@mutant("moe_router", catches=("forward", "normalized_weights_sum_to_the_scaling_factor",
+                               "top_k_all_experts_is_the_dense_weighted_sum"))
+def moe_router_scaling_factor_applied_twice():
+    def fwd(logits, bias=None, *, routed_scaling_factor=1.0, **kw):
+        ids, w, s = R.moe_router(logits, bias, routed_scaling_factor=routed_scaling_factor, **kw)
+        return ids, w * np.float32(routed_scaling_factor), s
+    return fwd, None
+
+
+@mutant("moe_router", catches=("forward", "bias_never_enters_the_weights"))
+def moe_router_softmax_over_the_top_k_only():
+    """Mixtral's 'softmax over the top-k logits' used whatever norm_topk_prob says: it is the
+    renormalized top-k, so norm_topk_prob=False (Qwen's default) is lost."""
+    def fwd(logits, bias=None, *, norm_topk_prob=False, **kw):
+        return R.moe_router(logits, bias, norm_topk_prob=True, **kw)
+    return fwd, None
+
+
+@mutant("moe_router", catches=("forward",))
+def moe_router_ties_highest_index_first():
+    def order(v):
+        v = np.asarray(v, np.float64)
+        rev = np.argsort(-v[..., ::-1], axis=-1, kind="stable")
+        return v.shape[-1] - 1 - rev
+    return _patched(router_ref, "_desc_order", order, R.moe_router), None
+
+
+@mutant("moe_router", catches=("forward_with_negative_corrected_scores",))
+def moe_router_always_zero_fill():
+    """The -inf fill of DeepSeek's code replaced by HF's old 0.0: masked experts can win."""
+    def fwd(logits, bias=None, *, masked_group_fill="zero", **kw):
+        return R.moe_router(logits, bias, masked_group_fill="zero", **kw)
+    return fwd, None
+
+
+@mutant("moe_router", catches=("backward",))
+def moe_router_backward_ignores_the_scores_cotangent():
+    def vjp(cts, logits, bias=None, **kw):
+        return R.moe_router_vjp((None, cts[1], np.zeros(np.shape(cts[2]))), logits, bias, **kw)
+    return None, vjp
+
+
+@mutant("moe_balance_loss", catches=("forward",))
+def moe_balance_loss_counts_over_tokens_not_assignments():
+    """HF's load_balancing_loss_func convention (counts / N): k times the spec's value."""
+    def fwd(scores, topk_ids, *, kind, n_seq=1, alpha=1.0):
+        loss = R.moe_balance_loss(scores, topk_ids, kind=kind, n_seq=n_seq, alpha=alpha)
+        k = 1 if topk_ids is None or kind != "switch" else np.shape(topk_ids)[1]
+        return loss * np.float32(k)
+    return fwd, None
+
+
+@mutant("moe_balance_loss", catches=("forward",))
+def moe_balance_loss_seq_over_the_whole_batch():
+    """The sequence-wise loss computed once over all N tokens (n_seq ignored)."""
+    def fwd(scores, topk_ids, *, kind, n_seq=1, alpha=1.0):
+        return R.moe_balance_loss(scores, topk_ids, kind=kind, n_seq=1, alpha=alpha)
+    return fwd, None
+
+
+@mutant("moe_balance_loss", catches=("forward",))
+def moe_balance_loss_seq_without_score_normalization():
+    def fwd(scores, topk_ids, **kw):
+        def raw(s):
+            return _f32(s), None
+        return _patched(balance_ref, "_normalized", raw, R.moe_balance_loss)(
+            scores, topk_ids, **kw)
+    return fwd, None
+
+
+@mutant("moe_balance_loss", catches=("backward",))
+def moe_balance_loss_seq_backward_without_centering():
+    """d s' / d s taken as 1 / sum(s): the - sum_j f_j s'_j term of the quotient rule lost."""
+    def vjp(dloss, scores, topk_ids, *, kind, n_seq=1, alpha=1.0):
+        grads = R.moe_balance_loss_vjp(dloss, scores, topk_ids, kind=kind, n_seq=n_seq,
+                                       alpha=alpha)
+        if kind != "seq" or np.shape(scores)[0] == 0:
+            return grads
+        n, e = np.shape(scores)
+        k, t = np.shape(topk_ids)[1], n // n_seq
+        ids = np.asarray(topk_ids).reshape(n_seq, t * k)
+        frac = np.stack([np.bincount(r, minlength=e) for r in ids]) * (e / (k * t))
+        frac = np.repeat(frac, t, axis=0)
+        den = _f32(scores).sum(-1, keepdims=True) + np.float32(1e-20)
+        return {"scores": (float(dloss) * alpha / (n_seq * t) * frac / den).astype(np.float32)}
+    return None, vjp
+
+
+@mutant_without_vjp("moe_bias_update", catches=("forward", "every_bias_moves_toward_balance"))
+def moe_bias_update_sign_flipped():
+    """Overloaded experts' biases raised: the update pushes away from balance."""
+    def fwd(bias, topk_ids, *, n_experts, gamma):
+        new = R.moe_bias_update(bias, topk_ids, n_experts=n_experts, gamma=gamma)
+        return (2 * _f32(bias) - new).astype(np.float32)
+    return fwd
+
+
+@mutant_without_vjp("moe_bias_update", catches=("balanced_load_leaves_the_bias_unchanged",))
+def moe_bias_update_sign_of_zero_is_one():
+    """At exactly the mean load the bias still rises (load <= mean counted as underloaded)."""
+    def fwd(bias, topk_ids, *, n_experts, gamma):
+        load = np.bincount(np.asarray(topk_ids).reshape(-1), minlength=n_experts)
+        up = np.where(n_experts * load <= np.asarray(topk_ids).size, 1.0, -1.0)
+        return (_f32(bias) + np.float32(gamma) * up.astype(np.float32)).astype(np.float32)
+    return fwd

@@ -1,0 +1,41 @@
+"""Expert parallelism equals the single-process layer: torch.distributed (gloo, 4 ranks under
+torchrun) and JAX shard_map (4 host devices; XLA_FLAGS must precede the jax import, hence a
+subprocess). Each worker judges its gathered output against the float64 reference by the
+tolerance policy and requires ``kept`` exactly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(cmd: list[str], env: dict) -> None:
+    env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+        [str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE, timeout=300)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0 and "FAIL" not in proc.stdout, tail
+    assert "OK" in proc.stdout, tail
+
+
+def test_torch_all_to_all_equals_single_process():
+    pytest.importorskip("torch")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not found")
+    _run([torchrun, "--nproc_per_node=4", "--master_port=0", "--rdzv_backend=c10d",
+          "--rdzv_endpoint=localhost:0", str(HERE / "_ep_torch_worker.py")],
+         {"OMP_NUM_THREADS": "1"})
+
+
+def test_jax_shard_map_equals_single_process():
+    pytest.importorskip("jax")
+    _run([sys.executable, str(HERE / "_ep_jax_worker.py")],
+         {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"})

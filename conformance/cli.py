@@ -59,6 +59,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
                 row.append("-")
             elif not b.has(stem):
                 row.append("not implemented")
+            elif not component(stem).inputs:  # dtype-free (tokenizer, bpe_train)
+                row.append("yes")
             else:
                 dts = [d for d in b.dtypes if b.has(stem, d)]
                 grad = "+grad" if component(stem).differentiable and b.has_vjp(stem) else ""

@@ -43,18 +43,15 @@ GATES = (
          "issue 4: chunked linear attention >= 3x our causal sdpa at T=16384"),
     Gate("mla", "torch_triton/absorbed", "impl:torch_triton/naive", 2.0, "ctx4096",
          "issue 4: absorbed MLA decode >= 2x the naive form at 4k context"),
-    Gate("tokenizer", "bpe_fast", "reference", 5.0, None,
-         "issue 3: our fast encoder >= 5x the reference (the serving gate, fastest conforming "
-         "backend >= tiktoken, needs conformance rows: lmspec.reports.tokenizer computes it)"),
-    Gate("bpe_train", "bpe_fast", "reference", 20.0, "1MiB-v4096",
-         "issue 3: our fast trainer >= 20x the reference trainer at vocab 4096 on 1 MB"),
-    Gate("tokenizer", "bpe_fast", "reference", 5.0, None,
-         "issue 3: our fast encoder >= 5x the reference (the serving gate, fastest conforming "
-         "backend >= tiktoken, needs conformance rows: lmspec.reports.tokenizer computes it)"),
-    Gate("bpe_train", "bpe_fast", "reference", 20.0, "1MiB-v4096",
-         "issue 3: our fast trainer >= 20x the reference trainer at vocab 4096 on 1 MB"),
+    Gate("quant_matmul", "torch_triton/w8a8", "peer:torch.mm.f32", 1.0, "M256xK4096",
+         "issue 6: the int8 matmul path no slower than the float32 matmul at 4096x4096"),
     Gate("moe_layer", "torch_triton", "impl:loop", 3.0, "N2048",
          "issue 5: grouped dispatch >= 3x the per-expert loop (64 experts, top-8)"),
+    Gate("tokenizer", "bpe_fast", "reference", 5.0, None,
+         "issue 3: our fast encoder >= 5x the reference (the serving gate, fastest conforming "
+         "backend >= tiktoken, needs conformance rows: lmspec.reports.tokenizer computes it)"),
+    Gate("bpe_train", "bpe_fast", "reference", 20.0, "1MiB-v4096",
+         "issue 3: our fast trainer >= 20x the reference trainer at vocab 4096 on 1 MB"),
 )
 
 

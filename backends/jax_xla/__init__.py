@@ -17,9 +17,11 @@ import numpy as np
 
 from lmspec.backends import numpy_dtype
 from lmspec.backends.jax_xla.attention_merge import attention_merge
+from lmspec.backends.jax_xla.awq import awq
 from lmspec.backends.jax_xla.cross_entropy import cross_entropy
 from lmspec.backends.jax_xla.embedding import embedding
 from lmspec.backends.jax_xla.geglu import geglu
+from lmspec.backends.jax_xla.gptq import gptq
 from lmspec.backends.jax_xla.layer_norm import layer_norm
 from lmspec.backends.jax_xla.lightning_attention import lightning_attention
 from lmspec.backends.jax_xla.linear_attention import linear_attention
@@ -29,6 +31,12 @@ from lmspec.backends.jax_xla.moe_balance_loss import moe_balance_loss
 from lmspec.backends.jax_xla.moe_bias_update import moe_bias_update
 from lmspec.backends.jax_xla.moe_layer import moe_layer, moe_layer_vjp
 from lmspec.backends.jax_xla.moe_router import moe_router, moe_router_vjp
+from lmspec.backends.jax_xla.quant_fp4 import quant_fp4
+from lmspec.backends.jax_xla.quant_fp8 import quant_fp8
+from lmspec.backends.jax_xla.quant_int4 import quant_int4
+from lmspec.backends.jax_xla.quant_int8 import quant_int8
+from lmspec.backends.jax_xla.quant_kv_cache import quant_kv_cache
+from lmspec.backends.jax_xla.quant_matmul import quant_matmul
 from lmspec.backends.jax_xla.rms_norm import rms_norm
 from lmspec.backends.jax_xla.rope import rope
 from lmspec.backends.jax_xla.sdpa import sdpa
@@ -40,6 +48,8 @@ __all__ = [
     "geglu", "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla",
     "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_layer_vjp", "moe_router",
     "moe_router_vjp",
+    "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
+    "quant_matmul", "gptq", "awq", "quant_kv_cache",
     "rms_norm", "rope", "sdpa", "softmax", "swiglu",
     "to_numpy", "vjp",
 ]

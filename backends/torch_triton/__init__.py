@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from lmspec.backends.torch_triton._protocol import asarray, to_numpy, vjp
 from lmspec.backends.torch_triton.attention_merge import attention_merge
+from lmspec.backends.torch_triton.awq import awq
 from lmspec.backends.torch_triton.cross_entropy import cross_entropy
 from lmspec.backends.torch_triton.embedding import embedding
 from lmspec.backends.torch_triton.geglu import geglu
+from lmspec.backends.torch_triton.gptq import gptq
 from lmspec.backends.torch_triton.layer_norm import layer_norm
 from lmspec.backends.torch_triton.lightning_attention import lightning_attention
 from lmspec.backends.torch_triton.linear_attention import linear_attention
@@ -36,6 +38,12 @@ from lmspec.backends.torch_triton.moe_balance_loss import moe_balance_loss
 from lmspec.backends.torch_triton.moe_bias_update import moe_bias_update
 from lmspec.backends.torch_triton.moe_layer import moe_layer
 from lmspec.backends.torch_triton.moe_router import moe_router
+from lmspec.backends.torch_triton.quant_fp4 import quant_fp4
+from lmspec.backends.torch_triton.quant_fp8 import quant_fp8
+from lmspec.backends.torch_triton.quant_int4 import quant_int4
+from lmspec.backends.torch_triton.quant_int8 import quant_int8
+from lmspec.backends.torch_triton.quant_kv_cache import quant_kv_cache
+from lmspec.backends.torch_triton.quant_matmul import quant_matmul
 from lmspec.backends.torch_triton.rms_norm import rms_norm
 from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
@@ -49,5 +57,7 @@ __all__ = [
     "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
     "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
     "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_router",
+    "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
+    "quant_matmul", "gptq", "awq", "quant_kv_cache",
     "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]

@@ -1,8 +1,9 @@
 """The triton_interpret backend: torch_triton with its Triton kernels run by the interpreter.
 
 ``TRITON_INTERPRET=1`` must be set before triton is first imported (lmspec.backends does
-so on a machine without an NVIDIA device; this module refuses to load otherwise), and the five
-kernel stems (rms_norm, rope, swiglu, cross_entropy, sdpa) send CPU tensors of
+so on a machine without an NVIDIA device; this module refuses to load otherwise), and the
+kernel stems (rms_norm, rope, swiglu, cross_entropy, sdpa, linear_attention,
+lightning_attention, quant_matmul) send CPU tensors of
 float32/bfloat16/float16 through the kernels; the other stems take the torch path. For
 correctness on small shapes only: it is slow.
 """
@@ -35,6 +36,10 @@ from lmspec.backends.torch_triton import (
     moe_bias_update,
     moe_layer,
     moe_router,
+    quant_fp4,
+    quant_fp8,
+    quant_int4,
+    quant_int8,
     softmax,
     to_numpy,
     vjp,
@@ -42,6 +47,7 @@ from lmspec.backends.torch_triton import (
 from lmspec.backends.torch_triton.cross_entropy import forward as _cross_entropy
 from lmspec.backends.torch_triton.lightning_attention import forward as _lightning_attention
 from lmspec.backends.torch_triton.linear_attention import forward as _linear_attention
+from lmspec.backends.torch_triton.quant_matmul import forward as _quant_matmul
 from lmspec.backends.torch_triton.rms_norm import forward as _rms_norm
 from lmspec.backends.torch_triton.rope import forward as _rope
 from lmspec.backends.torch_triton.sdpa import forward as _sdpa
@@ -56,6 +62,7 @@ __all__ = [
     "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
     "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
     "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_router",
+    "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
     "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
 ]
 
@@ -95,3 +102,8 @@ def lightning_attention(q, k, v, log_decay=None, initial_state=None, *, block_si
                         scale=None):
     return _lightning_attention(q, k, v, log_decay, initial_state, block_size, scale,
                                 kernel=True)
+
+
+def quant_matmul(x, packed, scales, zeros=None, *, bits: int = 4, group_size: int = 128,
+                 mode: str = "weight_only"):
+    return _quant_matmul(x, packed, scales, zeros, bits, group_size, mode, kernel=True)

@@ -1044,3 +1044,321 @@ def moe_bias_update_sign_of_zero_is_one():
         up = np.where(n_experts * load <= np.asarray(topk_ids).size, 1.0, -1.0)
         return (_f32(bias) + np.float32(gamma) * up.astype(np.float32)).astype(np.float32)
     return fwd
+
+
+# ----------------------------------------------------------------------------- quantizers
+# quant_int8, quant_int4, quant_fp8, quant_fp4: no gradient (mutant_without_vjp); most plants
+# swap one helper of the reference module for the duration of the call (_patched)
+q8_ref = importlib.import_module("lmspec.reference.quant_int8")
+q4_ref = importlib.import_module("lmspec.reference.quant_int4")
+fp8_ref = importlib.import_module("lmspec.reference.quant_fp8")
+fp4_ref = importlib.import_module("lmspec.reference.quant_fp4")
+minifloat = importlib.import_module("lmspec.reference._minifloat")
+_int8_scales, _int4_scales = q8_ref.int8_scales, q4_ref.int4_scales
+_fp8_scales, _nv_block_quotient = fp8_ref.fp8_scales, fp4_ref.nv_block_quotient
+
+
+def _half_away(y):
+    y = np.asarray(y, np.float64)
+    return np.sign(y) * np.floor(np.abs(y) + 0.5)
+
+
+def _encode_ties_away(self, y):
+    """Minifloat.encode with ties away from zero (the larger magnitude) instead of to even."""
+    y = np.asarray(y, np.float64)
+    a = np.minimum(np.abs(y), self.max)
+    grid = self.values[: self.max_code + 1]
+    hi = np.clip(np.searchsorted(grid, a), 1, self.max_code)
+    mag = np.where(grid[hi] - a <= a - grid[hi - 1], hi, hi - 1)
+    return (mag | np.where(np.signbit(y), self.sign_bit, 0)).astype(np.uint8)
+
+
+def _cast_without_saturation(fmt):
+    import ml_dtypes
+
+    dt = {"e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2}[fmt]
+    return lambda y: np.asarray(y, np.float64).astype(dt).view(np.uint8)
+
+
+@mutant_without_vjp("quant_int8", catches=("midpoints_round_half_to_even",))
+def quant_int8_round_half_away_from_zero():
+    def codes(y):
+        return np.clip(_half_away(y), -127, 127).astype(np.int8)
+    return _patched(q8_ref, "int8_round", codes, R.quant_int8)
+
+
+@mutant_without_vjp("quant_int8", catches=("forward", "grid_values_requantize_exactly"))
+def quant_int8_scale_over_128():
+    """amax / 128 (the full int8 range's divisor) with codes still clipped at +-127."""
+    def scales(x, axis=-1):
+        return (_int8_scales(x, axis).astype(np.float64) * 127 / 128).astype(np.float32)
+    return _patched(q8_ref, "int8_scales", scales, R.quant_int8)
+
+
+@mutant_without_vjp("quant_int8", catches=("forward", "power_of_two_scaling"))
+def quant_int8_eps_added_to_amax():
+    """scale = (amax + 1e-6) / 127: an epsilon against division by zero, in the wrong place."""
+    def scales(x, axis=-1):
+        return (_int8_scales(x, axis).astype(np.float64) + 1e-6 / 127).astype(np.float32)
+    return _patched(q8_ref, "int8_scales", scales, R.quant_int8)
+
+
+@mutant_without_vjp("quant_int8", catches=("forward", "axis_is_a_transpose"))
+def quant_int8_always_the_last_axis():
+    def fwd(x, *, axis=-1):
+        codes, scales = R.quant_int8(x, axis=-1)
+        return codes, (scales if axis % np.ndim(x) == np.ndim(x) - 1 else
+                       np.resize(scales, np.delete(np.shape(x), axis % np.ndim(x))))
+    return fwd
+
+
+@mutant_without_vjp("quant_int4", catches=("forward", "grid_values_requantize_exactly"))
+def quant_int4_nibbles_swapped():
+    """Element 2j in the HIGH nibble (the other packing order)."""
+    def fwd(w, *, group_size=128):
+        packed, scales, zeros = R.quant_int4(w, group_size=group_size)
+        return ((packed << 4) | (packed >> 4)).astype(np.uint8), scales, zeros
+    return fwd
+
+
+@mutant_without_vjp("quant_int4", catches=("midpoints_round_half_to_even",))
+def quant_int4_round_half_away_from_zero():
+    def codes(y, zeros):
+        return np.clip(_half_away(y) + zeros, 0, 15).astype(np.uint8)
+    return _patched(q4_ref, "int4_round", codes, R.quant_int4)
+
+
+@mutant_without_vjp("quant_int4", catches=("forward", "group_size_of_the_row_is_per_channel"))
+def quant_int4_statistics_over_the_whole_row():
+    """Every group of a row gets the row's scale and zero point."""
+    def scales(w, group_size):
+        n = np.shape(w)[1]
+        s, lo = _int4_scales(w, n)
+        return np.repeat(s, n // group_size, axis=1), np.repeat(lo, n // group_size, axis=1)
+    def fwd(w, *, group_size=128):
+        if np.size(w) == 0:
+            return R.quant_int4(w, group_size=group_size)
+        return _patched(q4_ref, "int4_scales", scales, R.quant_int4)(w, group_size=group_size)
+    return fwd
+
+
+@mutant_without_vjp("quant_int4", catches=("forward", "power_of_two_scaling"))
+def quant_int4_eps_added_to_the_range():
+    """scale = (max - min + 1e-5) / 15."""
+    def scales(w, group_size):
+        s, lo = _int4_scales(w, group_size)
+        return (s.astype(np.float64) + 1e-5 / 15).astype(np.float32), lo
+    return _patched(q4_ref, "int4_scales", scales, R.quant_int4)
+
+
+@mutant_without_vjp("quant_fp8", catches=("saturation_at_the_format_max",))
+def quant_fp8_cast_without_saturation():
+    """The float8 cast alone (ml_dtypes): E4M3FN 480 -> NaN, E5M2 61440 -> inf."""
+    def fwd(x, scale=None, *, fmt="e4m3", granularity="tensor", pow2_scale=False):
+        _, s = R.quant_fp8(x, scale, fmt=fmt, granularity=granularity, pow2_scale=pow2_scale)
+        return _cast_without_saturation(fmt)(fp8_ref.fp8_quotient(x, s, granularity)), s
+    return fwd
+
+
+@mutant_without_vjp("quant_fp8", catches=("one_tile_is_per_token_and_one_block_per_tensor",))
+def quant_fp8_per_tensor_scale_for_tokens():
+    def fwd(x, scale=None, *, fmt="e4m3", granularity="tensor", pow2_scale=False):
+        if granularity != "token" or scale is not None:
+            return R.quant_fp8(x, scale, fmt=fmt, granularity=granularity,
+                               pow2_scale=pow2_scale)
+        _, s = R.quant_fp8(x, fmt=fmt, granularity="tensor", pow2_scale=pow2_scale)
+        return R.quant_fp8(x, np.full(np.shape(x)[:-1], s), fmt=fmt, granularity="token")
+    return fwd
+
+
+@mutant_without_vjp("quant_fp8", catches=("midpoints_round_half_to_even",))
+def quant_fp8_ties_away_from_zero():
+    return _patched(minifloat.Minifloat, "encode", _encode_ties_away, R.quant_fp8)
+
+
+@mutant_without_vjp("quant_fp8", catches=("forward", "grid_values_requantize_exactly"))
+def quant_fp8_e4m3_max_240():
+    """E4M3's max taken as 240 (the IEEE-style E4M3 / AMD's e4m3fnuz), not E4M3FN's 448."""
+    return _patched(fp8_ref, "FMT_MAX", {"e4m3": 240.0, "e5m2": 57344.0}, R.quant_fp8)
+
+
+@mutant_without_vjp("quant_fp8", catches=("forward",
+                                          "dequantized_values_requantize_to_the_same_codes"))
+def quant_fp8_static_scale_taken_as_its_inverse():
+    """A given scale multiplied in (x * scale) instead of divided out (x / scale)."""
+    def fwd(x, scale=None, *, fmt="e4m3", granularity="tensor", pow2_scale=False):
+        if scale is None:
+            return R.quant_fp8(x, fmt=fmt, granularity=granularity, pow2_scale=pow2_scale)
+        inverse = (1 / np.asarray(scale, np.float64)).astype(np.float32)
+        codes, _ = R.quant_fp8(x, inverse, fmt=fmt, granularity=granularity)
+        return codes, np.asarray(scale, np.float32)
+    return fwd
+
+
+@mutant_without_vjp("quant_fp8", catches=("power_of_two_scaling",))
+def quant_fp8_eps_added_to_amax():
+    def scales(x, fmt, granularity, pow2_scale):
+        s = _fp8_scales(x, fmt, granularity, False).astype(np.float64)
+        s = (s + 1e-6 / fp8_ref.FMT_MAX[fmt]).astype(np.float32)
+        return minifloat.ceil_pow2(s).astype(np.float32) if pow2_scale else s
+    return _patched(fp8_ref, "fp8_scales", scales, R.quant_fp8)
+
+
+@mutant_without_vjp("quant_fp4", catches=("forward", "grid_values_requantize_exactly",
+                                          "mx_scales_put_block_maxima_in_four_to_eight"))
+def quant_fp4_mx_scale_from_ceil():
+    """MX shared exponent from ceil(log2(amax)) instead of floor."""
+    def ceil_log2(a):
+        m, e = np.frexp(np.asarray(a, np.float64))
+        return np.where(m == 0.5, e - 1, e)
+    return _patched(fp4_ref, "floor_log2", ceil_log2, R.quant_fp4)
+
+
+@mutant_without_vjp("quant_fp4", catches=("midpoints_round_half_to_even",))
+def quant_fp4_ties_away_from_zero():
+    return _patched(minifloat.Minifloat, "encode", _encode_ties_away, R.quant_fp4)
+
+
+@mutant_without_vjp("quant_fp4", catches=("saturation",))
+def quant_fp4_nvfp4_block_scale_without_saturation():
+    """The E4M3 block scale by a plain cast: a block quotient above 464 becomes NaN."""
+    e4m3 = SimpleNamespace(encode=_cast_without_saturation("e4m3"),
+                           decode=minifloat.E4M3.decode)
+    return _patched(fp4_ref, "E4M3", e4m3, R.quant_fp4)
+
+
+@mutant_without_vjp("quant_fp4", catches=("forward", "power_of_two_scaling"))
+def quant_fp4_nvfp4_block_scale_ignores_the_tensor_scale():
+    """Block scales E4M3(amax / 6): the second-level tensor scale left out of them."""
+    def quotient(x, tensor_scale):
+        return _nv_block_quotient(x, 1.0)
+    return _patched(fp4_ref, "nv_block_quotient", quotient, R.quant_fp4)
+
+
+# ----------------------------------------------------------------------------- quantization (Q2)
+
+gptq_ref = importlib.import_module("lmspec.reference.gptq")
+awq_ref = importlib.import_module("lmspec.reference.awq")
+kv_ref = importlib.import_module("lmspec.reference.quant_kv_cache")
+
+
+@mutant("quant_matmul", catches=("forward", "int4_equals_int8_on_shifted_codes"))
+def quant_matmul_nibbles_swapped():
+    """Element 2j read from the HIGH nibble and 2j + 1 from the low one."""
+    def fwd(x, packed, scales, zeros=None, *, bits=4, group_size=128, mode="weight_only"):
+        _spec("quant_matmul").check_args(x, packed, scales, zeros, bits=bits,
+                                         group_size=group_size, mode=mode)
+        if bits == 4:
+            p = np.asarray(packed).astype(np.uint8)
+            packed = ((p >> 4) | (p << 4)).astype(np.uint8)
+        return R.quant_matmul(x, packed, scales, zeros, bits=bits, group_size=group_size,
+                              mode=mode)
+    return fwd, None
+
+
+@mutant("quant_matmul", catches=("forward", "equal_group_scales_equal_per_channel"))
+def quant_matmul_per_channel_zero_point_8():
+    """One group per row taken as symmetric int4 (zero point 8, the GPTQ sym convention)."""
+    def fwd(x, packed, scales, zeros=None, *, bits=4, group_size=128, mode="weight_only"):
+        if bits == 4 and np.shape(scales)[1] == 1:
+            zeros = np.full(np.shape(zeros), 8, np.uint8)
+        return R.quant_matmul(x, packed, scales, zeros, bits=bits, group_size=group_size,
+                              mode=mode)
+    return fwd, None
+
+
+@mutant("quant_matmul", catches=("forward",))
+def quant_matmul_w8a8_activation_scale_per_tensor():
+    """W8A8 with one activation scale for the whole batch instead of one per token."""
+    mm_ref = importlib.import_module("lmspec.reference.quant_matmul")
+    original = mm_ref.quant_int8
+
+    def per_tensor(x, *, axis=-1):
+        codes, s = original(np.asarray(x).reshape(1, -1), axis=-1)
+        top = np.float32(s[0])
+        return np.clip(np.rint(np.asarray(x, np.float64) / top), -127, 127).astype(np.int8), \
+            np.full(np.shape(x)[0], top, np.float32)
+    return _patched(mm_ref, "quant_int8", per_tensor, R.quant_matmul), None
+
+
+@mutant_without_vjp("gptq", catches=("forward",))
+def gptq_without_error_feedback():
+    """U's off-diagonal dropped: every column rounded on its own (RTN on GPTQ's groups)."""
+    original = gptq_ref.inverse_cholesky
+
+    def diagonal_only(h, damp):
+        return np.diag(np.diag(original(h, damp)))
+    return _patched(gptq_ref, "inverse_cholesky", diagonal_only, R.gptq)
+
+
+@mutant_without_vjp("gptq", catches=("forward", "one_group_static_or_not"))
+def gptq_dynamic_groups_read_the_input_weight():
+    """Dynamic group grids from the weight as given: before dead inputs are zeroed and before
+    any error feedback (static groups are right)."""
+    original = gptq_ref.group_params
+
+    def fwd(w, x, *, group_size=128, **kw):
+        if kw.get("static_groups"):
+            return R.gptq(w, x, group_size=group_size, **kw)
+        w0, groups = np.asarray(w, np.float64), iter(range(np.shape(w)[1]))
+
+        def stale(wg):
+            g = next(groups)
+            return original(w0[:, g * group_size:(g + 1) * group_size])
+        return _patched(gptq_ref, "group_params", stale, R.gptq)(
+            w, x, group_size=group_size, **kw)
+    return fwd
+
+
+@mutant_without_vjp("gptq", catches=("forward",))
+def gptq_act_order_permutation_not_undone():
+    """Codes returned in processing (descending diag(H)) order."""
+    def fwd(w, x, **kw):
+        q, scales, zeros, perm = R.gptq(w, x, **kw)
+        return q[:, perm], scales, zeros, perm
+    return fwd
+
+
+@mutant_without_vjp("gptq", catches=("forward", "act_order_permutation_round_trips"))
+def gptq_act_order_ascending():
+    """act-order by ascending diag(H): the least important columns first."""
+    def ascending(h):
+        return np.argsort(np.diag(h), kind="stable")
+    return _patched(gptq_ref, "act_order_perm", ascending, R.gptq)
+
+
+@mutant_without_vjp("awq", catches=("forward", "one_grid_point_is_rtn"))
+def awq_grid_excludes_zero():
+    """The grid (t + 1) / n_grid: (0, 1] instead of [0, 1), so alpha = 0 (RTN) is never tried."""
+    original = awq_ref.candidate_scales
+
+    def fwd(w, x, *, group_size=128, n_grid=20):
+        def shifted(x, alpha):
+            return original(x, alpha + 1.0 / n_grid)
+        return _patched(awq_ref, "candidate_scales", shifted, R.awq)(
+            w, x, group_size=group_size, n_grid=n_grid)
+    return fwd
+
+
+@mutant_without_vjp("awq", catches=("forward", "no_worse_than_rtn"))
+def awq_scales_not_folded_back():
+    """The search scores Q(w s) against w without dividing s back out (x / s forgotten)."""
+    original = awq_ref.fake_quant
+
+    def unfolded(w, s, group_size):
+        q, scales, zeros, w_hat = original(w, s, group_size)
+        return q, scales, zeros, w_hat * np.asarray(s, np.float64)
+    return _patched(awq_ref, "fake_quant", unfolded, R.awq)
+
+
+@mutant_without_vjp("quant_kv_cache",
+                    catches=("forward", "per_token_scales_are_not_per_tensor"))
+def quant_kv_cache_scale_per_tensor():
+    """One scale for the whole K (and V) tensor instead of one per (token, head)."""
+    original = kv_ref.kv_quotients
+
+    def per_tensor(x, fmt):
+        y, s = original(x, fmt)
+        top = np.float32(s.max(initial=1.0))
+        return np.asarray(x, np.float64) / np.float64(top), np.full_like(s, top)
+    return _patched(kv_ref, "kv_quotients", per_tensor, R.quant_kv_cache)

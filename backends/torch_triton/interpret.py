@@ -3,7 +3,7 @@
 ``TRITON_INTERPRET=1`` must be set before triton is first imported (lmspec.backends does
 so on a machine without an NVIDIA device; this module refuses to load otherwise), and the
 kernel stems (rms_norm, rope, swiglu, cross_entropy, sdpa, linear_attention,
-lightning_attention, quant_matmul) send CPU tensors of
+lightning_attention, quant_matmul, moe_layer) send CPU tensors of
 float32/bfloat16/float16 through the kernels; the other stems take the torch path. For
 correctness on small shapes only: it is slow.
 """
@@ -34,7 +34,6 @@ from lmspec.backends.torch_triton import (
     mla,
     moe_balance_loss,
     moe_bias_update,
-    moe_layer,
     moe_router,
     quant_fp4,
     quant_fp8,
@@ -47,6 +46,7 @@ from lmspec.backends.torch_triton import (
 from lmspec.backends.torch_triton.cross_entropy import forward as _cross_entropy
 from lmspec.backends.torch_triton.lightning_attention import forward as _lightning_attention
 from lmspec.backends.torch_triton.linear_attention import forward as _linear_attention
+from lmspec.backends.torch_triton.moe_layer import forward as _moe_layer
 from lmspec.backends.torch_triton.quant_matmul import forward as _quant_matmul
 from lmspec.backends.torch_triton.rms_norm import forward as _rms_norm
 from lmspec.backends.torch_triton.rope import forward as _rope
@@ -84,6 +84,14 @@ def sdpa(q, k, v, segment_ids_q=None, segment_ids_kv=None, *, causal: bool = Fal
 
 def swiglu(x, w_gate, w_up, w_down):
     return _swiglu(x, w_gate, w_up, w_down, kernel=True)
+
+
+def moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate=None,
+              shared_w_up=None, shared_w_down=None, shared_gate=None, *,
+              capacity_factor: float | None = None):
+    """The routed experts run the Triton grouped GEMM; the shared expert stays torch."""
+    return _moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate,
+                      shared_w_up, shared_w_down, shared_gate, capacity_factor, kernel=True)
 
 
 def cross_entropy(logits, targets, *, ignore_index: int = IGNORE_INDEX,

@@ -1,12 +1,13 @@
-"""MoE layer in torch: dispatch sorted by expert, grouped matmul over contiguous slices, weighted
-index_add combine; capacity by the slot-priority rule; expert parallelism over
-torch.distributed (all_to_all_single)."""
+"""MoE layer in torch: dispatch sorted by expert, grouped matmul over contiguous slices (on CUDA
+the Triton grouped GEMM of kernels/moe.py), weighted index_add combine; capacity by the
+slot-priority rule; expert parallelism over torch.distributed (all_to_all_single)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from lmspec.backends.torch_triton._dispatch import kernel_dtype, on_cuda
 from lmspec.spec.moe_layer import check_args, check_range, expert_capacity
 
 
@@ -33,12 +34,19 @@ def _ffn(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor) 
     return (F.silu(x @ wg) * (x @ wu)) @ wd
 
 
-def grouped_experts(xs: torch.Tensor, counts: list[int], w_gate, w_up, w_down) -> torch.Tensor:
+def grouped_experts(xs: torch.Tensor, counts: list[int], w_gate, w_up, w_down, *,
+                    kernel: bool = False, tiles=None) -> torch.Tensor:
     """Rows of ``xs`` (M, D) sorted by expert, ``counts[e]`` rows for expert e: the ragged
-    (grouped) product, one matmul chain per non-empty contiguous slice. (torch._grouped_mm
+    (grouped) product. ``kernel`` (and a kernel dtype): the Triton grouped GEMM, one launch per
+    product for all experts (``tiles`` forces its blocks, for tests); else one torch matmul
+    chain per non-empty contiguous slice. (torch._grouped_mm
     in torch 2.13 runs forward on CPU only with 16-byte-aligned strides, and its backward
     failed there; a (E, max group, D) padded bmm measured 1.4x slower than these slices at
     N=2048, D=512, E=64, top-8, one thread.)"""
+    if kernel and kernel_dtype(xs):
+        from lmspec.backends.torch_triton.kernels.moe import grouped_swiglu
+
+        return grouped_swiglu(xs, counts, w_gate, w_up, w_down, tiles=tiles)
     outs, start = [], 0
     for e, n in enumerate(counts):
         if n:
@@ -55,7 +63,8 @@ def shared_expert(x, shared_w_gate, shared_w_up, shared_w_down, shared_gate):
     return y
 
 
-def combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down):
+def combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down, *, kernel: bool = False,
+            tiles=None):
     """Sort kept assignments by expert, run the grouped experts, scatter back weighted: (N, D)
     in the compute dtype of ``xc``."""
     n, k = topk_ids.shape
@@ -64,7 +73,8 @@ def combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down):
     order = sel[torch.sort(flat_ids[sel], stable=True).indices]  # grouped by expert
     counts = torch.bincount(flat_ids[order], minlength=w_gate.shape[0]).tolist()
     tokens = order // k
-    ys = grouped_experts(xc[tokens], counts, *(w.to(xc.dtype) for w in (w_gate, w_up, w_down)))
+    ys = grouped_experts(xc[tokens], counts, *(w.to(xc.dtype) for w in (w_gate, w_up, w_down)),
+                         kernel=kernel, tiles=tiles)
     wts = topk_weights.reshape(-1)[order].to(xc.dtype)[:, None]
     return torch.zeros_like(xc).index_add(0, tokens, wts * ys)  # repeats accumulate
 
@@ -72,6 +82,16 @@ def combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down):
 def moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate=None,
               shared_w_up=None, shared_w_down=None, shared_gate=None, *,
               capacity_factor: float | None = None):
+    return forward(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate, shared_w_up,
+                   shared_w_down, shared_gate, capacity_factor,
+                   kernel=on_cuda(x, w_gate, w_up, w_down))
+
+
+def forward(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate, shared_w_up,
+            shared_w_down, shared_gate, capacity_factor: float | None, *, kernel: bool,
+            tiles=None):
+    """Checks the arguments, then runs the routed experts by the Triton grouped GEMM
+    (``kernel``, ``tiles`` forcing its blocks) or the torch slices."""
     check_args(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate, shared_w_up,
                shared_w_down, shared_gate, capacity_factor=capacity_factor)
     n, k = topk_ids.shape
@@ -80,7 +100,8 @@ def moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate=Non
         check_range(int(topk_ids.min()), int(topk_ids.max()), e)
     kept = kept_mask(topk_ids, e, expert_capacity(n, k, e, capacity_factor))
     xc = x.to(compute_dtype(x))
-    out = combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down)
+    out = combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down, kernel=kernel,
+                  tiles=tiles)
     if shared_w_gate is not None:
         out = out + shared_expert(xc, shared_w_gate, shared_w_up, shared_w_down, shared_gate)
     return out.to(x.dtype), kept
@@ -161,7 +182,8 @@ def expert_parallel_moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down,
     expert_of = torch.repeat_interleave(torch.arange(local).repeat(world), recv_experts.reshape(-1))
     by_expert = torch.sort(expert_of, stable=True).indices
     ys = grouped_experts(rows[by_expert], recv_experts.sum(0).tolist(),
-                         *(w.to(xc.dtype) for w in (w_gate, w_up, w_down)))
+                         *(w.to(xc.dtype) for w in (w_gate, w_up, w_down)),
+                         kernel=on_cuda(x, w_gate, w_up, w_down))
     ys = torch.empty_like(ys).index_copy(0, by_expert, ys)  # back to arrival order
     back = a2a(ys, send_split, recv_split, group)
     wts = topk_weights.reshape(-1)[order].to(xc.dtype)[:, None]

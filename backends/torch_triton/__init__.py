@@ -1,20 +1,22 @@
 """The torch_triton backend: PyTorch for every component, Triton kernels for the hot paths.
 
-Dispatch. Every component runs on torch ops. Four of them also have Triton kernels (forward
-and backward, in ``kernels/``): rms_norm, rope, the swiglu gate and cross_entropy. A call takes
-the kernel when all its tensors are on a CUDA device and its float dtype is float32, bfloat16
-or float16; otherwise (CPU tensors, float64) it takes the torch path. Triton is imported only
-when a kernel runs, so importing this backend on a CPU machine never imports triton.
+Dispatch. Every component runs on torch ops. The hot paths also have Triton kernels (in
+``kernels/``): rms_norm, rope, the swiglu gate and cross_entropy (forward and backward), sdpa
+(FlashAttention-2 forward and backward), linear and lightning attention (the chunked forward),
+quant_matmul (weight-only INT4/INT8) and the MoE layer's grouped GEMM. A call takes the kernel
+when all its tensors are on a CUDA device and its float dtype is float32, bfloat16 or float16;
+otherwise (CPU tensors, float64) it takes the torch path. Triton is imported only when a kernel
+runs, so importing this backend on a CPU machine never imports triton.
 
 sdpa on CPU uses torch's flash kernel (``_scaled_dot_product_flash_attention_for_cpu``, which
 also returns the lse) for plain and square-causal attention, and explicit float32 math with
-masks for the rest; on CUDA it takes the explicit path.
+masks for the rest.
 
 DTYPES leaves float64 out although every torch path runs in it: the float64 conformance runs
 fail on reference rounding (see the report), not on this backend's answers.
 
 The sibling backend ``triton_interpret`` (``interpret.py``) sets ``TRITON_INTERPRET=1`` before
-importing triton and sends CPU tensors of the four kernel stems through the kernels, so that
+importing triton and sends CPU tensors of the kernel stems through the kernels, so that
 their correctness is checked on a machine without a GPU (small shapes only: the interpreter is
 slow). Triton reads the flag when a kernel is defined, so the first of the two backends that
 imports the kernels in a process fixes the mode for that process.

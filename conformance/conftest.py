@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from lmspec import backends
 from lmspec.conformance import _results
 from lmspec.conformance._check import NOT_IMPLEMENTED, Target
+from lmspec.conformance._jax_hygiene import release_jax_executables  # noqa: F401  (autouse)
 from lmspec.spec._deviations import deviation_for
 
 DEVIATION = "deviation"  # the outcome of a test that fails as a known deviation says it would

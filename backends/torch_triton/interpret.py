@@ -4,8 +4,9 @@
 so on a machine without an NVIDIA device; this module refuses to load otherwise), and the
 kernel stems (rms_norm, rope, swiglu, cross_entropy, sdpa, linear_attention,
 lightning_attention, quant_matmul, moe_layer) send CPU tensors of
-float32/bfloat16/float16 through the kernels; the other stems take the torch path. For
-correctness on small shapes only: it is slow.
+float32/bfloat16/float16 through the kernels. It exposes only those stems: the others would
+take the same torch path as in torch_triton and repeat its conformance run, so they are left to
+it (reported not implemented here). For correctness on small shapes only: it is slow.
 """
 
 from __future__ import annotations
@@ -24,25 +25,7 @@ if type(_tl.standard.sum).__name__ != "InterpretedFunction":
         "library imported it first), and Triton fixes its mode at import; export "
         "TRITON_INTERPRET=1 or run this backend in a process of its own")
 
-from lmspec.backends.torch_triton import (
-    asarray,
-    attention_merge,
-    embedding,
-    geglu,
-    layer_norm,
-    log_softmax,
-    mla,
-    moe_balance_loss,
-    moe_bias_update,
-    moe_router,
-    quant_fp4,
-    quant_fp8,
-    quant_int4,
-    quant_int8,
-    softmax,
-    to_numpy,
-    vjp,
-)
+from lmspec.backends.torch_triton import asarray, to_numpy, vjp
 from lmspec.backends.torch_triton.cross_entropy import forward as _cross_entropy
 from lmspec.backends.torch_triton.lightning_attention import forward as _lightning_attention
 from lmspec.backends.torch_triton.linear_attention import forward as _linear_attention
@@ -59,11 +42,8 @@ NAME = "triton_interpret"
 DTYPES = ("float32", "bfloat16", "float16")
 
 __all__ = [
-    "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
-    "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
-    "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_router",
-    "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
-    "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
+    "DTYPES", "NAME", "asarray", "cross_entropy", "lightning_attention", "linear_attention",
+    "moe_layer", "quant_matmul", "rms_norm", "rope", "sdpa", "swiglu", "to_numpy", "vjp",
 ]
 
 

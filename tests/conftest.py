@@ -1,0 +1,3 @@
+"""Shared fixtures of the project's own tests."""
+
+from lmspec.conformance._jax_hygiene import release_jax_executables  # noqa: F401  (autouse)

@@ -73,10 +73,26 @@ def combine(xc, topk_ids, topk_weights, kept, w_gate, w_up, w_down, *, kernel: b
     order = sel[torch.sort(flat_ids[sel], stable=True).indices]  # grouped by expert
     counts = torch.bincount(flat_ids[order], minlength=w_gate.shape[0]).tolist()
     tokens = order // k
-    ys = grouped_experts(xc[tokens], counts, *(w.to(xc.dtype) for w in (w_gate, w_up, w_down)),
-                         kernel=kernel, tiles=tiles)
+    weights = [w.to(xc.dtype) for w in (w_gate, w_up, w_down)]
     wts = topk_weights.reshape(-1)[order].to(xc.dtype)[:, None]
+    if not (kernel and kernel_dtype(xc)):
+        return _combine_by_slices(xc, tokens, wts, counts, *weights)
+    ys = grouped_experts(xc[tokens], counts, *weights, kernel=kernel, tiles=tiles)
     return torch.zeros_like(xc).index_add(0, tokens, wts * ys)  # repeats accumulate
+
+
+def _combine_by_slices(xc, tokens, wts, counts: list[int], w_gate, w_up, w_down):
+    """The torch path: each expert's contiguous slice of the sorted assignments gathered, run
+    and added back on its own, so no (N*k, D) copy of the inputs or outputs is ever made (on a
+    CPU those passes over memory cost more than the grouping saves)."""
+    out, start = torch.zeros_like(xc), 0
+    for e, n in enumerate(counts):
+        if n:
+            rows = tokens[start:start + n]
+            y = _ffn(xc[rows], w_gate[e], w_up[e], w_down[e])
+            out.index_add_(0, rows, wts[start:start + n] * y)  # repeats accumulate
+        start += n
+    return out
 
 
 def moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down, shared_w_gate=None,

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from lmspec.reports.render import html_table, md_table
+
 STEMS = ("moe_router", "moe_balance_loss", "moe_bias_update", "moe_layer")
 # The simulation: E experts, top-k sigmoid routing of N tokens a step, a fixed logit skew
 # (expert 0 favoured by +SKEW, the last one -SKEW), gamma per step, STEPS steps.
@@ -93,18 +95,6 @@ def _plot(sim: dict[str, np.ndarray]) -> str:
     return png(fig)
 
 
-def _md_table(rows: list[list[Any]], headers: list[str]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def _html_table(rows: list[list[Any]], headers: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None:
     """Markdown and HTML for MoE, or None when neither MoE conformance nor benchmark rows exist."""
     tput, ratios = throughput(bench_rows), speedups(bench_rows)
@@ -126,6 +116,6 @@ def section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None:
             ("MoE layer speed ratios (measured in the same run)", ratios,
              ["shape", "impl", "metric", "value", "gate", "verdict"])):
         if rows:
-            md += [f"### {title}", "", _md_table(rows, headers), ""]
-            body += [f"<h3>{html.escape(title)}</h3>", _html_table(rows, headers)]
+            md += [f"### {title}", "", md_table(rows, headers), ""]
+            body += [f"<h3>{html.escape(title)}</h3>", html_table(rows, headers)]
     return "\n".join(md), "\n".join(body)

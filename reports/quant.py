@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from lmspec.reports.render import html_table, md_table
+
 STEMS = ("quant_int8", "quant_int4", "quant_fp8", "quant_fp4", "quant_matmul", "gptq", "awq",
          "quant_kv_cache")
 # The tensors: R rows of D; weights N(0, 0.02^2); activations N(0, 1) with OUTLIERS channels
@@ -121,18 +123,6 @@ def _plot(rows: list[dict[str, Any]]) -> str:
     return png(fig)
 
 
-def _md_table(rows: list[list[Any]], headers: list[str]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def _html_table(rows: list[list[Any]], headers: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _bench_table(bench_rows: list[dict]) -> list[list[Any]]:
     return sorted([[r["component"], r.get("shape", ""), r.get("backend", ""), r.get("metric", ""),
                     f"{r['value']:.4g}" if isinstance(r.get("value"), (int, float)) else
@@ -156,14 +146,14 @@ def section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None:
             "Activations carry outlier channels, which per-tensor and per-row scales feel and "
             "1x128 tiles and 32/16-element blocks mostly confine.")
     md = ["## Quantization", "", "### Error against bits per parameter", "", note, "",
-          f"![SQNR vs bits](data:image/png;base64,{img})", "", _md_table(table, headers), ""]
+          f"![SQNR vs bits](data:image/png;base64,{img})", "", md_table(table, headers), ""]
     body = ["<h2>Quantization</h2>", "<h3>Error against bits per parameter</h3>",
             f"<p>{html.escape(note)}</p>", f'<img src="data:image/png;base64,{img}">',
-            _html_table(table, headers)]
+            html_table(table, headers)]
     bench = _bench_table(bench_rows)
     if bench:
         headers = ["component", "shape", "impl", "metric", "value", "gate", "verdict"]
         title = "Quantization benchmarks (measured; ratios from the same run)"
-        md += [f"### {title}", "", _md_table(bench, headers), ""]
-        body += [f"<h3>{html.escape(title)}</h3>", _html_table(bench, headers)]
+        md += [f"### {title}", "", md_table(bench, headers), ""]
+        body += [f"<h3>{html.escape(title)}</h3>", html_table(bench, headers)]
     return "\n".join(md), "\n".join(body)

@@ -339,6 +339,20 @@ n/i = not implemented, never counted as a pass. Hover a failing cell for its tes
 # and an HTML fragment (plots inlined as base64 PNG through ``png``), or None when it has no data.
 SECTIONS = ("tokenizer", "moe", "quant")
 png = _png
+read_rows = _read
+
+
+def md_table(rows: list[list[Any]], headers: list[str]) -> str:
+    """A plain markdown table (the sections' own tables; cells as str())."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def html_table(rows: list[list[Any]], headers: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _sections(results: Path, bench_rows: list[dict]) -> list[tuple[str, str]]:

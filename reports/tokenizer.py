@@ -5,22 +5,16 @@ conformance rows."""
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lmspec.reports.render import read_rows
 from lmspec.spec._deviations import deviation_for
 
 STEMS = ("tokenizer", "bpe_train")
 BASELINE = "peer:tiktoken"  # the serving gate's baseline (the bench's label for tiktoken_peer)
 NOT_SERVING = ("reference",)  # the oracle serves nobody; tiktoken is a serving candidate too
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def text_bytes(shape: str) -> int | None:
     """The bytes encoded per call at a shape label of conformance/bench_tokenizer.py
@@ -168,7 +162,7 @@ def _fmt(v: Any) -> str:
 
 def section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None:
     """Markdown and HTML for the tokenizer, or None when there is no tokenizer data."""
-    conf = conformance(_read(Path(results) / "conformance.jsonl"))
+    conf = conformance(read_rows(Path(results) / "conformance.jsonl"))
     mbps, train = throughput(bench_rows), train_times(bench_rows)
     if not (conf or mbps or train):
         return None

@@ -1,7 +1,9 @@
 """bpe_fast: our fast byte-level BPE in pure Python (plus ``regex``, a base dependency of lmspec).
 
-Encoder: a bounded piece -> ids cache, tiktoken's whole-piece shortcut, a rescanning merge
-for short pieces and a heap + linked list for long ones (near-linear). Trainer: incremental
+Encoder: the preset patterns on stdlib ``re`` over ASCII text (pretokenize.py: the narrowing
+and the cuts of mixed text are proven there), whole pieces looked up in a str -> id map of the
+vocabulary all at once, tiktoken's whole-piece shortcut, and a bounded cache of the pieces that
+take merging (a rescanning merge for short ones, a heap + linked list for long ones). Trainer: incremental
 pair counts with an index of the words where each pair occurs and a lazy-deletion heap; it
 produces exactly the reference's merges. Dtype-free: ``DTYPES = ()``.
 """

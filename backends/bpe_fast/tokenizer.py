@@ -1,5 +1,7 @@
-"""bpe_fast encoder: piece cache, whole-piece shortcut, rescan merge for short pieces, heap for
-long ones (spec/tokenizer.py)."""
+"""bpe_fast encoder (spec/tokenizer.py): pre-tokenization on stdlib ``re`` for ASCII text with the
+preset patterns (pretokenize.py), whole pieces looked up all at once in a str -> id map of the
+vocabulary, and a cache of the pieces that need merging: a rescan merge for short pieces, a
+heap for long ones."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from heapq import heappop, heappush
 
 import regex
 
+from lmspec.backends.bpe_fast.pretokenize import splitter
 from lmspec.spec.tokenizer import SpecialSet, check_args, check_encode_args, check_ids
 
 _CACHE_MAX = 1 << 18  # pieces; real text repeats them heavily
@@ -76,36 +79,48 @@ class FastTokenizer:
                  special_tokens: Mapping[str, int] | None = None):
         self._ranks = dict(ranks)
         self._regex = regex.compile(pattern)
+        self._split = splitter(pattern)
         self.special_tokens = dict(special_tokens or {})
         self._decoder = {i: t for t, i in self._ranks.items()}
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
         self.n_vocab = max(self._decoder) + 1
-        self._cache: dict[str, list[int]] = {}
+        # whole pieces that are one token, by their text (a piece's UTF-8 is a token iff its
+        # text is the token's decoded text); the vocabulary itself, not text seen before
+        self._single: dict[str, int] = {}
+        for token, rank in self._ranks.items():
+            try:
+                self._single[token.decode("utf-8")] = rank
+            except UnicodeDecodeError:
+                pass
+        self._cache: dict[str, list[int]] = {}  # pieces that took merging
 
-    def _piece(self, piece: str) -> list[int]:
-        b = piece.encode("utf-8")
-        r = self._ranks.get(b)
-        if r is not None:
-            ids = [r]
-        elif len(b) < _SHORT:
-            ids = _merge_short(b, self._ranks)
-        else:
-            ids = _merge_long(b, self._ranks)
-        if len(self._cache) < _CACHE_MAX:
-            self._cache[piece] = ids
+    def _merged(self, piece: str) -> list[int]:
+        ids = self._cache.get(piece)
+        if ids is None:
+            b = piece.encode("utf-8")
+            ids = _merge_short(b, self._ranks) if len(b) < _SHORT else _merge_long(b, self._ranks)
+            if len(self._cache) < _CACHE_MAX:
+                self._cache[piece] = ids
         return ids
 
     def _ordinary(self, text: str) -> list[int]:
-        pieces = self._regex.findall(text)
+        pieces = self._split(text)
         if sum(map(len, pieces)) != len(text):  # non-overlapping matches tile iff they cover
-            from lmspec.reference.tokenizer import pretokenize
+            pieces = self._regex.findall(text)  # the plain path (the fast split is tested)
+            if sum(map(len, pieces)) != len(text):
+                from lmspec.reference.tokenizer import pretokenize
 
-            pretokenize(text, self._regex.pattern)  # raises, naming the unmatched text
+                pretokenize(text, self._regex.pattern)  # raises, naming the unmatched text
+        ids = list(map(self._single.get, pieces))
+        if None not in ids:
+            return ids  # every piece is one token
         out: list[int] = []
-        extend, cache_get, piece_ids = out.extend, self._cache.get, self._piece
-        for piece in pieces:
-            ids = cache_get(piece)
-            extend(piece_ids(piece) if ids is None else ids)
+        last, merged = 0, self._merged
+        for i in [i for i, r in enumerate(ids) if r is None]:
+            out += ids[last:i]
+            out += merged(pieces[i])
+            last = i + 1
+        out += ids[last:]
         return out
 
     def encode_ordinary(self, text: str) -> list[int]:

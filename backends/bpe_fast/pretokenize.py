@@ -1,0 +1,127 @@
+r"""bpe_fast's pre-tokenizer: the preset patterns run on stdlib ``re`` over ASCII text.
+
+On ASCII text a preset pattern matches exactly as it does with its Unicode classes narrowed to
+their ASCII members, and stdlib ``re`` (possessive quantifiers since Python 3.11) runs that
+narrowed pattern about twice as fast as the ``regex`` module runs the original (cl100k, 1 MB of
+Python source, one-off timing: 0.04 s vs 0.09 s; the reference spends 0.39 s in all).
+
+Text with non-ASCII characters is cut at proven piece boundaries, so that each stretch holding
+a non-ASCII character goes to ``regex`` and the rest to ``re``. The boundaries are positions
+``p`` right after a line feed, followed by printable ASCII (not space), and, per preset:
+- gpt2: right after the line feed (``[!-~]`` at ``p``). The whitespace run that ends in that
+  line feed is followed by a non-space, so ``\s++$`` fails and ``\s+(?!\S)`` backs off its
+  last character, the line feed, which ``\s`` then takes alone; no other branch holds
+  whitespace followed by a non-space.
+- cl100k_base: after the run's last line feed, with spaces or tabs after it
+  (``[ \t]*[!-~]`` at ``p``). Only ``\s*[\r\n]``, ``\s++$``, ``\s+(?!\S)``, ``\s`` and
+  the punctuation branch (``...[\r\n]*+``) can hold a line feed; in a whitespace run that is
+  not at the end, ``\s*[\r\n]`` wins (``\s++$`` fails, the rest come after it) and ends at
+  the run's last line feed; the punctuation branch takes line feeds only.
+- o200k_base: the same with ``\s*[\r\n]+``, but its punctuation branch ends in ``[\r\n/]*``
+  (greedy): so no "/" right at ``p`` (``[ \t]+[!-~]`` or ``[!-.0-~]`` at ``p``).
+No branch of any preset looks behind, so matching resumes at ``p`` as it would at the start of
+a text. Other patterns run on ``regex`` as given. tests/backends/test_bpe_fast_pretokenize.py
+checks the class narrowing character by character and the split against the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import cache
+
+import regex
+
+from lmspec.spec.tokenizer import PRESETS
+
+_PROPERTY = re.compile(r"\\p\{(\w+)\}")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+# pattern -> its piece boundaries right after a line feed (the module docstring says why)
+BOUNDARIES: dict[str, re.Pattern] = {
+    PRESETS["gpt2"].pattern: re.compile(r"\n(?=[!-~])"),
+    PRESETS["cl100k_base"].pattern: re.compile(r"\n(?=[ \t]*[!-~])"),
+    PRESETS["o200k_base"].pattern: re.compile(r"\n(?=[ \t]+[!-~]|[!-.0-~])"),
+}
+# from a line feed: the text up to and with the first non-space after it (matching on a text
+# cut there sees, before the boundary, all that matching on the whole text sees)
+_TO_NON_SPACE = re.compile(r"\n[ \t]*[!-~]")
+
+
+@cache
+def ascii_members(prop: str) -> str:
+    """The ASCII characters that ``regex`` puts in ``\\p{prop}``, as a class body for ``re``."""
+    members = regex.compile(rf"\p{{{prop}}}")
+    return "".join(re.escape(chr(c)) for c in range(128) if members.fullmatch(chr(c)))
+
+
+def ascii_pattern(pattern: str) -> str:
+    """``pattern`` with each ``\\p{..}`` narrowed to its ASCII members (for ``re.ASCII``)."""
+    out, pos, in_class = [], 0, False
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            m = _PROPERTY.match(pattern, i)
+            if m:
+                body = ascii_members(m.group(1))
+                out.append(pattern[pos:i])
+                out.append(body if in_class else f"[{body}]" if body else "(?!)")
+                pos = i = m.end()
+                continue
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+            if pattern.startswith("[^]", i) or pattern.startswith("[]", i):
+                i += 1  # a leading "]" is a member, not the end
+            i += 1 + (pattern[i + 1:i + 2] == "^")
+            continue
+        if ch == "]" and in_class:
+            in_class = False
+        i += 1
+    out.append(pattern[pos:])
+    return "".join(out)
+
+
+def splitter(pattern: str) -> Callable[[str], list[str]]:
+    """The pieces of a text under ``pattern`` (whose matches must tile it; the caller checks)."""
+    full = regex.compile(pattern).findall
+    boundary = BOUNDARIES.get(pattern)
+    if boundary is None:
+        return full
+    narrow = re.compile(ascii_pattern(pattern), re.ASCII).findall
+
+    def upto(match, text: str, pos: int, cut: int) -> list[str]:
+        """The pieces of text[pos:cut] (cut a boundary), matching on text cut a little later."""
+        pieces = match(text, pos, _TO_NON_SPACE.match(text, cut - 1).end())
+        n = sum(map(len, pieces))
+        while n > cut - pos:  # drop the pieces after the boundary
+            n -= len(pieces.pop())
+        return pieces
+
+    def split(text: str) -> list[str]:
+        if text.isascii():
+            return narrow(text)
+        pieces: list[str] = []
+        pos, n = 0, len(text)
+        while pos < n:
+            m = _NON_ASCII.search(text, pos)
+            if m is None:
+                pieces += narrow(text, pos)
+                break
+            # the ASCII stretch up to the last boundary before the non-ASCII character
+            lf = text.rfind("\n", pos, m.start())
+            while lf >= 0 and not boundary.match(text, lf):
+                lf = text.rfind("\n", pos, lf)
+            if lf >= 0:
+                pieces += upto(narrow, text, pos, lf + 1)
+                pos = lf + 1
+            b = boundary.search(text, m.end())
+            if b is None:
+                pieces += full(text, pos)
+                break
+            pieces += upto(full, text, pos, b.start() + 1)
+            pos = b.start() + 1
+        return pieces
+
+    return split

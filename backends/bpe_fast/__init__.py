@@ -3,9 +3,9 @@
 Encoder: the preset patterns on stdlib ``re`` over ASCII text (pretokenize.py: the narrowing
 and the cuts of mixed text are proven there), whole pieces looked up in a str -> id map of the
 vocabulary all at once, tiktoken's whole-piece shortcut, and a bounded cache of the pieces that
-take merging (a rescanning merge for short ones, a heap + linked list for long ones). Trainer: incremental
-pair counts with an index of the words where each pair occurs and a lazy-deletion heap; it
-produces exactly the reference's merges. Dtype-free: ``DTYPES = ()``.
+take merging (a rescanning merge for short ones, a heap + linked list for long ones).
+Trainer: incremental pair counts with an index of the words where each pair occurs and a
+lazy-deletion heap; it produces exactly the reference's merges. Dtype-free: ``DTYPES = ()``.
 """
 
 from __future__ import annotations

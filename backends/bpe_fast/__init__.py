@@ -1,6 +1,6 @@
 """bpe_fast: our fast byte-level BPE in pure Python (plus ``regex``, a base dependency of lmspec).
 
-Encoder: the preset patterns on stdlib ``re`` over ASCII text (pretokenize.py: the narrowing
+Encoder: the preset patterns on stdlib ``re`` over ASCII text (_pretokenize.py: the narrowing
 and the cuts of mixed text are proven there), whole pieces looked up in a str -> id map of the
 vocabulary all at once, tiktoken's whole-piece shortcut, and a bounded cache of the pieces that
 take merging (a rescanning merge for short ones, a heap + linked list for long ones).

@@ -1,5 +1,5 @@
 """bpe_fast encoder (spec/tokenizer.py): pre-tokenization on stdlib ``re`` for ASCII text with the
-preset patterns (pretokenize.py), whole pieces looked up all at once in a str -> id map of the
+preset patterns (_pretokenize.py), whole pieces looked up all at once in a str -> id map of the
 vocabulary, and a cache of the pieces that need merging: a rescan merge for short pieces, a
 heap for long ones."""
 
@@ -10,7 +10,7 @@ from heapq import heappop, heappush
 
 import regex
 
-from lmspec.backends.bpe_fast.pretokenize import splitter
+from lmspec.backends.bpe_fast._pretokenize import splitter
 from lmspec.spec.tokenizer import SpecialSet, check_args, check_encode_args, check_ids
 
 _CACHE_MAX = 1 << 18  # pieces; real text repeats them heavily

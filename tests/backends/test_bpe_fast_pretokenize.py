@@ -1,4 +1,4 @@
-"""bpe_fast's pre-tokenizer (backends/bpe_fast/pretokenize.py) against the reference's: the
+"""bpe_fast's pre-tokenizer (backends/bpe_fast/_pretokenize.py) against the reference's: the
 narrowed ASCII patterns on stdlib ``re``, and the cuts of mixed text at line-feed boundaries.
 The conformance suite checks whole encodings; these tests aim at the cuts themselves."""
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmspec.backends.bpe_fast import pretokenize as P
+from lmspec.backends.bpe_fast import _pretokenize as P
 from lmspec.reference.tokenizer import pretokenize
 from lmspec.spec.tokenizer import NASTY_TEXTS, PRESETS
 

@@ -81,11 +81,20 @@ def test_id_policy(target):
     assert sorted(model.ranks.values()) == list(range(len(model.ranks)))
     assert model.special_tokens == {"<|a|>": len(model.ranks), "<|b|>": len(model.ranks) + 1}
     assert len(model.ranks) + 2 == 300
-    assert [model.ranks[a + b] for a, b in model.merges] == sorted(
-        model.ranks[a + b] for a, b in model.merges)
+    # merge i has id 256 + i: no merge spells an existing token (spec step 3)
+    assert [model.ranks[a + b] for a, b in model.merges] == list(
+        range(256, 256 + len(model.merges)))
     tiny = train(target, texts=["ab ab"], vocab_size=300, pattern=GPT2_LIKE)
     assert [tuple(m) for m in tiny.merges] == [(b"a", b"b"), (b" ", b"ab")], tiny.merges
     assert len(tiny.ranks) == 258  # ran out of pairs: smaller than asked
+    # runs of 'a' (hand-checked in tests/reference/test_ref_bpe_train.py::test_runs_of_a_golden,
+    # unique top counts): left-to-right overlaps, and 'aaaa' is never re-spelled a + aaa
+    runs = train(target, texts=["aaaaaaa", *["aaa"] * 3, "aaaa"], vocab_size=300,
+                 pattern=GPT2_LIKE)
+    assert [tuple(m) for m in runs.merges] == [
+        (b"a", b"a"), (b"aa", b"a"), (b"aa", b"aa"), (b"aaaa", b"aaa")], runs.merges
+    assert {t: i for t, i in runs.ranks.items() if i >= 256} == {
+        b"aa": 256, b"aaa": 257, b"aaaa": 258, b"a" * 7: 259}, runs.ranks
 
 
 def test_special_tokens_never_merge(target):

@@ -61,9 +61,10 @@ def bpe_train(texts: Sequence[str], *, vocab_size: int, pattern: str,
         # highest count; on a tie the smallest (left id, right id)
         pair = min(counts, key=lambda p: (-counts[p], p))
         token = vocab[pair[0]] + vocab[pair[1]]
-        if token not in ids:  # else: reuse the id the same bytes already have
-            ids[token] = len(vocab)
-            vocab[len(vocab)] = token
+        # never already a token (the spec's step 3 says why): merge i gets id 256 + i
+        assert token not in ids, f"merge {len(merges)} spells the existing token {token!r}"
+        ids[token] = len(vocab)
+        vocab[len(vocab)] = token
         merged: Counter = Counter()
         for word, weight in words.items():
             merged[merge_word(word, pair, ids[token])] += weight

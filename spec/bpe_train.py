@@ -44,11 +44,14 @@ def bpe_train(texts: Sequence[str], *, vocab_size: int, pattern: str,
     2. Choose the pair with the highest count. Tie-break: the smallest ``(left id, right id)``
        in lexicographic order (rustbpe's rule). If no pair has a count >= 1 (every word is a
        single token), stop early: the vocabulary is then smaller than asked.
-    3. The new token's bytes are the concatenation. Id policy: if those bytes are already a
-       token (the same string reached by another split, e.g. ``ab + c`` then ``a + bc``), the
-       merge reuses that token's id and the vocabulary does not grow (HF tokenizers' rule);
-       else it gets the next id, ``256 + (number of merged tokens so far)``. Without reuse,
-       merge i thus has id 256 + i.
+    3. The new token's bytes are the concatenation; it gets the next id, ``256 + (number of
+       merges so far)``: merge i has id 256 + i. Those bytes are never already a token, so
+       HF tokenizers' rule (reuse the id of existing bytes) and rustbpe's (always a new id)
+       agree. Why: boundaries between tokens are never erased, so when tokens L and R are
+       adjacent in a word, their span had a boundary at both ends at every earlier step, and a
+       left-to-right pass that cuts neither end acts on it exactly as on the bytes L + R alone.
+       Had an earlier merge (L', R') made the bytes L + R, then L + R alone would have been
+       [L', R'] at that step and one token ever since, never [L, R].
     4. Apply the merge in every word, left to right, without overlap: ``a a a`` becomes
        ``aa a``. Record ``(left bytes, right bytes)`` in ``merges``.
 
@@ -59,11 +62,11 @@ def bpe_train(texts: Sequence[str], *, vocab_size: int, pattern: str,
     then (Z, a) and (a, b) both count 2, the tie goes to (97, 98) < (256, 97): Y = ab (257);
     then (Z, Y) count 2: X = aaab (258).
 
-    Other trainers: rustbpe uses the same counts and tie-break, but always takes a new id (so
-    it differs only after a reuse). HF's BpeTrainer breaks ties by its own ids, which number
-    the initial characters in the order of their byte-level stand-ins (GPT-2's
-    bytes_to_unicode, space -> 'Ġ') among those present only: it agrees wherever the top count
-    is unique.
+    Other trainers: rustbpe uses the same counts, tie-break and ids. HF's BpeTrainer reuses an
+    id where a merge spells one of its own special tokens (a special ``ab`` gives merge
+    (a, b) the special's id), and breaks ties by its own ids, which number the initial
+    characters in the order of their byte-level stand-ins (GPT-2's bytes_to_unicode, space ->
+    'Ġ') among those present only: it agrees wherever the top count is unique.
 
     Rejected: ``texts`` not a sequence of str (TypeError naming ``texts``); ``vocab_size`` not
     an int or < 256 + len(special_tokens) (ValueError naming ``vocab_size``); a ``pattern``
@@ -109,7 +112,7 @@ WORDS = ("a", "b", "ab", "ba", "aa", "abc", "the", "then", "hat", "é", "日本"
 
 @st.composite
 def corpora(draw) -> Case:
-    """Small corpora over a small alphabet (many ties, many reuses), a few merges."""
+    """Small corpora over a small alphabet (many ties), a few merges."""
     n = draw(st.integers(0, 6))
     texts = draw(st.lists(st.lists(st.sampled_from(WORDS), max_size=12).map("".join),
                           min_size=n, max_size=n))

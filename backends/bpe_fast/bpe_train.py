@@ -72,7 +72,7 @@ def train(texts: Sequence[str], *, vocab_size: int, pattern: str,
     while len(vocab) < vocab_size - len(special_tokens) and heap:
         neg, pair = heappop(heap)
         current = counts.get(pair, 0)
-        if -neg != current:  # stale: counts of an existing pair only fall, except on reuse
+        if -neg != current:  # stale: counts of an existing pair only fall
             if current > 0:
                 heappush(heap, (-current, pair))
             continue
@@ -100,7 +100,7 @@ def train(texts: Sequence[str], *, vocab_size: int, pattern: str,
                 grown.add(p)
             words[k] = merged
         counts.pop(pair, None)
-        for p in grown:  # new pairs, and (on reuse) old pairs whose count may have grown
+        for p in grown:  # the new pairs
             if counts[p] > 0:
                 heappush(heap, (-counts[p], p))
         if progress is not None and (len(vocab) - 256) % step == 0:

@@ -17,7 +17,7 @@ def bpe_train(texts: Sequence[str], *, vocab_size: int, pattern: str,
     """HF's trainer on Split(pattern, isolated) + ByteLevel (no regex of its own), with all 256
     bytes as the initial alphabet and no minimum frequency. Its merges are taken as they come
     (its counts and its tie-break); only the numbering is the spec's (byte b -> b, each new
-    token the next id, an existing token's id reused, specials last): HF itself numbers
+    token the next id, specials last): HF itself numbers
     specials first, then its alphabet in character order."""
     check_args(texts, vocab_size=vocab_size, pattern=pattern, special_tokens=special_tokens)
     tok = Tokenizer(models.BPE())

@@ -5,6 +5,7 @@ the first tie)."""
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 
 import pytest
@@ -72,7 +73,7 @@ def test_rustbpe_makes_the_same_merges(pattern, vocab_size):
     theirs.train_from_iterator(iter(CORPUS), vocab_size, pattern=pattern)
     ranks = {bytes(t): i for t, i in theirs.get_mergeable_ranks()}
     model = R.bpe_train(CORPUS, vocab_size=vocab_size, pattern=pattern)
-    assert len(model.ranks) == 256 + len(model.merges)  # no reuse here
+    assert len(model.ranks) == 256 + len(model.merges)  # never a reuse (spec step 3)
     assert ranks == model.ranks
 
 
@@ -142,3 +143,72 @@ def test_error_inputs():
         _, params = err.build()
         with pytest.raises(err.exception, match=err.match):
             R.bpe_train(**params)
+
+
+# ------------------------------------------------------------------ the id policy: no reuse
+
+RUNS = ["aaaaaaa", *["aaa"] * 3, "aaaa"]  # words a^7 (weight 1), a^3 (3), a^4 (1)
+
+
+def test_runs_of_a_golden():
+    """Hand-checked, every top count unique. Words a^7, a^3 x3, a^4.
+    0: (a, a) counts 6 + 3*2 + 3 = 15 -> aa = 256; a^7 = aa aa aa a, a^3 = aa a, a^4 = aa aa.
+    1: (256, 256) 2 + 1 = 3, (256, a) 1 + 3 = 4 -> aaa = 257; a^7 = aa aa aaa, a^3 = aaa.
+    2: (256, 256) 1 + 1 = 2, (256, 257) 1 -> aaaa = 258; a^7 = aaaa aaa, a^4 = aaaa.
+    3: (258, 257) 1 -> a^7 = 259; every word is one token: stop at 260 of the 300 asked.
+    Near misses of a reuse: 'aaaa' could be spelled a + aaa or aaa + a, and a^7 aaa + aaaa,
+    but those splits never stand alone in a word (a single 'a' survives step 0 only at the
+    end of an odd run, and step 1 takes it); so merge i is id 256 + i (spec step 3). The
+    reference, bpe_fast, rustbpe and HF's BpeTrainer (unique tops: its tie-break is moot)
+    all make these merges."""
+    want = [(b"a", b"a"), (b"aa", b"a"), (b"aa", b"aa"), (b"aaaa", b"aaa")]
+    ids = {b"aa": 256, b"aaa": 257, b"aaaa": 258, b"a" * 7: 259}
+    fast = importlib.import_module("lmspec.backends.bpe_fast.bpe_train")
+    for train in (R.bpe_train, fast.bpe_train):
+        model = train(RUNS, vocab_size=300, pattern=GPT2_LIKE)
+        assert list(map(tuple, model.merges)) == want, train.__module__
+        assert {t: i for t, i in model.ranks.items() if i >= 256} == ids, train.__module__
+    assert _hf_merges(RUNS, 260) == want
+    rustbpe = pytest.importorskip("rustbpe")
+    theirs = rustbpe.Tokenizer()
+    theirs.train_from_iterator(iter(RUNS), 300, pattern=GPT2_LIKE)
+    assert {bytes(t): i for t, i in theirs.get_mergeable_ranks() if i >= 256} == ids
+
+
+def _respelled(model) -> list[tuple[int, bytes, list[bytes]]]:
+    """(i, bytes, their tokens) for each merge i whose bytes, taken alone through the merges
+    before it, do not end as exactly [left, right] with id 256 + i (spec step 3)."""
+    spell = {i: t for t, i in model.ranks.items()}
+    bad = []
+    for i, (left, right) in enumerate(model.merges):
+        word = tuple(left + right)
+        for a, b in model.merges[:i]:
+            word = train_ref.merge_word(word, (model.ranks[a], model.ranks[b]),
+                                        model.ranks[a + b])
+        if word != (model.ranks[left], model.ranks[right]) \
+                or model.ranks[left + right] != 256 + i:
+            bad.append((i, left + right, [spell[t] for t in word]))
+    return bad
+
+
+def _two_word_corpora():
+    """Every corpus of two distinct words over {a, b} of 2..5 bytes, weights 1 or 2 each."""
+    words = ["".join(w) for n in range(2, 6) for w in itertools.product("ab", repeat=n)]
+    for u, v in itertools.combinations(words, 2):
+        for m, n in ((1, 1), (1, 2), (2, 1)):
+            yield [u] * m + [v] * n
+
+
+def test_no_merge_spells_an_existing_token():
+    """Spec step 3's argument, checked: each merge's bytes alone, run through the merges
+    before it, end as exactly its [left, right] (so they were not a token yet) and the merge
+    has id 256 + i; on the real corpus, the runs above and every two-word corpus over {a, b}
+    up to 5 bytes (overlaps of (a, a) and neighbours taken by earlier merges are the only
+    ways a spelling could depend on context), for the reference and bpe_fast."""
+    fast = importlib.import_module("lmspec.backends.bpe_fast.bpe_train")
+    model = R.bpe_train(CORPUS, vocab_size=400, pattern=GPT2_LIKE)
+    assert len(model.merges) == 144 and not _respelled(model)
+    for corpus in (RUNS, ["aaabdaaabac"], *_two_word_corpora()):
+        for train in (R.bpe_train, fast.bpe_train):
+            model = train(corpus, vocab_size=300, pattern=r"(?s).+")
+            assert not _respelled(model), (train.__module__, corpus, _respelled(model))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -153,6 +154,15 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triton_aot(args) -> int:
+    """In a process of its own: this one may have imported triton in interpreter mode."""
+    cmd = [sys.executable, "-m", "lmspec.backends.torch_triton._aot",
+           "--out", str(Path(args.results) / "triton_aot.jsonl")]
+    cmd += [f"--arch={a}" for a in args.arch or ()]
+    cmd += [f"--workload={w}" for w in args.workload or ()]
+    return subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "0"}).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmspec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -190,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("case", help="the .json file of a saved case")
     sp.add_argument("--backend", help="replay against another backend")
     sp.set_defaults(fn=cmd_replay)
+
+    sp = sub.add_parser("triton-aot", help="compile every Triton kernel for a GPU "
+                                           "architecture, without a GPU (registers, spills, "
+                                           "shared memory)")
+    sp.add_argument("--arch", type=int, action="append",
+                    help="compute capability, e.g. 90 (H100/H200) or 80 (A100); repeatable "
+                         "(default 90)")
+    sp.add_argument("--workload", action="append", help="only these workloads (repeatable)")
+    sp.add_argument("--results", default="results", help="results folder")
+    sp.set_defaults(fn=cmd_triton_aot)
 
     from lmspec.conformance import _tokenizer_cli  # lmspec tokenizer train|encode|decode
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given
 
 from lmspec.conformance import _check as check
 from lmspec.spec import Case
@@ -14,11 +14,13 @@ STEM = COMPONENT.stem
 
 test_forward, test_backward, test_errors = check.standard_tests(COMPONENT)
 
-PROPERTY = settings(max_examples=max(2, settings().max_examples // 4))
+
+# the order properties run every example of the profile on cases with tokens (they are cheap;
+# a quarter of the examples, most of them empty, left a sequence-layout bug unseen)
+NONEMPTY = COMPONENT.cases().filter(lambda c: c.arrays["scores"].shape[0] > 0)
 
 
-@PROPERTY
-@given(case=COMPONENT.cases(), seed=S.seeds())
+@given(case=NONEMPTY, seed=S.seeds())
 def test_token_order_within_a_sequence_does_not_matter(target, case, seed):
     """Permuting tokens (scores and ids together) inside each sequence changes nothing; the
     sequences themselves may be reordered too."""
@@ -32,13 +34,13 @@ def test_token_order_within_a_sequence_does_not_matter(target, case, seed):
     check.check_same(target, "token_permutation", STEM, case, Case(moved, case.params))
 
 
-@PROPERTY
-@given(case=COMPONENT.cases(), seed=S.seeds())
+@given(case=NONEMPTY.filter(lambda c: c.arrays["topk_ids"] is not None
+                            and c.arrays["topk_ids"].shape[1] > 1), seed=S.seeds())
 def test_slot_order_does_not_matter(target, case, seed):
-    """The k slots of a token are a set: permuting them changes nothing."""
+    """The k slots of a token are a set: permuting them (never the identity) changes nothing."""
     ids = case.arrays["topk_ids"]
-    if ids is None:
-        return
     perm = np.random.default_rng(seed).permutation(ids.shape[1])
+    if (perm == np.arange(len(perm))).all():
+        perm = np.roll(perm, 1)
     check.check_same(target, "slot_permutation", STEM, case,
                      Case(dict(case.arrays, topk_ids=ids[:, perm]), case.params))

@@ -1362,3 +1362,167 @@ def quant_kv_cache_scale_per_tensor():
         top = np.float32(s.max(initial=1.0))
         return np.asarray(x, np.float64) / np.float64(top), np.full_like(s, top)
     return _patched(kv_ref, "kv_quotients", per_tensor, R.quant_kv_cache)
+
+
+# ----------------------------------------------------------------------------- plants for the
+# properties no earlier plant made fail (each names its property). A plant whose property
+# compares with another component carries that component healthy (the reference in float32).
+
+
+def partner(stem: str):
+    """Give a plant's backend the healthy float32 reference ``stem`` (above ``@mutant``): for a
+    property that compares the planted component with another one."""
+    def add(ns):
+        setattr(ns, stem, ref_backend._in_input_dtype(getattr(R, stem)))
+        return ns
+    return add
+
+
+def _fake_quant_per_tensor(x, encode, decode, top: float):
+    """x through a quantizer with ONE scale amax(|x|) / top for the whole tensor."""
+    x = _f32(x)
+    amax = np.float32(np.abs(x).max(initial=0.0))
+    if amax == 0:
+        return x
+    scale = amax / np.float32(top)
+    return (decode(encode(x / scale)) * scale).astype(np.float32)
+
+
+@mutant("swiglu", catches=("rows_are_independent",))
+def swiglu_fp8_activation_scale_per_tensor():
+    """FP8 (E4M3) activations with one dynamic scale for the whole batch, not one per token:
+    a row's result depends on the other rows' amax."""
+    def fwd(x, w_gate, w_up, w_down):
+        _spec("swiglu").check_args(x, w_gate, w_up, w_down)
+        xq = _fake_quant_per_tensor(x, minifloat.E4M3.encode, minifloat.E4M3.decode, 448.0)
+        return R.swiglu(xq, w_gate, w_up, w_down)
+    return fwd, None
+
+
+@mutant("geglu", catches=("rows_are_independent",))
+def geglu_int8_activation_scale_per_tensor():
+    """W8A8 with one int8 activation scale for the whole batch instead of one per token."""
+    def fwd(x, w_gate, w_up, w_down, *, approximate="tanh"):
+        _spec("geglu").check_args(x, w_gate, w_up, w_down, approximate=approximate)
+        xq = _fake_quant_per_tensor(x, lambda y: np.clip(np.rint(y), -127, 127),
+                                    lambda q: q, 127.0)
+        return R.geglu(xq, w_gate, w_up, w_down, approximate=approximate)
+    return fwd, None
+
+
+@mutant("log_softmax", catches=("shift_invariance",))
+def log_softmax_without_max_subtraction():
+    """x - log(sum(exp(x))): the same algebra, but exp overflows once a logit passes ~88."""
+    def fwd(x, *, axis=-1):
+        _spec("log_softmax").check_args(x, axis=axis)
+        x = _f32(x)
+        with np.errstate(over="ignore", divide="ignore"):
+            return (x - np.log(np.exp(x).sum(axis=axis, keepdims=True))).astype(np.float32)
+    return fwd, None
+
+
+@partner("log_softmax")
+@mutant("softmax", catches=("exp_log_softmax_is_softmax",))
+def softmax_online_without_rescale():
+    """Online softmax (one pass, element by element, Milakov & Gimelshein 2018) whose running
+    sum is not rescaled by exp(m_old - m_new) when a later element raises the running max."""
+    def fwd(x, *, axis=-1):
+        _spec("softmax").check_args(x, axis=axis)
+        x = np.moveaxis(_f32(x), axis, -1)
+        m = np.full(x.shape[:-1] + (1,), -np.inf, np.float32)
+        d = np.zeros(x.shape[:-1] + (1,), np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for i in range(x.shape[-1]):
+                m = np.maximum(m, x[..., i:i + 1])
+                d = d + np.exp(x[..., i:i + 1] - m)  # missing: d * exp(m_old - m)
+            y = np.exp(x - m) / d
+        return np.moveaxis(y, -1, axis).astype(np.float32)
+    return fwd, None
+
+
+@partner("linear_attention")
+@mutant("lightning_attention", catches=("equals_linear_attention_with_the_identity_map",))
+def lightning_attention_ignores_scale():
+    """A port of MiniMax-01's kernel, which applies no softmax scale: ``scale`` dropped."""
+    def fwd(q, k, v, log_decay=None, initial_state=None, *, block_size=16, scale=None):
+        _spec("lightning_attention").check_args(q, k, v, log_decay, initial_state,
+                                                block_size=block_size, scale=scale)
+        return R.lightning_attention(q, k, v, log_decay, initial_state, block_size=block_size)
+    return fwd, None
+
+
+@mutant("lightning_attention", catches=("every_block_size_agrees",))
+def lightning_attention_tail_block_zero_padded():
+    """The last, shorter block loaded zero-padded to block_size and processed as a full one:
+    its outputs are right, but the carried state is decayed by gamma^B instead of gamma^L."""
+    def fwd(q, k, v, log_decay=None, initial_state=None, *, block_size=16, scale=None):
+        _spec("lightning_attention").check_args(q, k, v, log_decay, initial_state,
+                                                block_size=block_size, scale=scale)
+        t = np.shape(q)[1]
+        pad = -t % int(block_size) if t else 0
+        wide = [np.pad(_f32(a), ((0, 0), (0, pad), (0, 0), (0, 0))) for a in (q, k, v)]
+        out, state = R.lightning_attention(*wide, log_decay, initial_state,
+                                           block_size=block_size, scale=scale)
+        return out[:, :t], state
+    return fwd, None
+
+
+@mutant("mla", catches=("causal_ignores_the_future",))
+def mla_absorbed_path_without_causal_mask():
+    """The absorbed (decode) path written for one query token, where the mask is a no-op, and
+    used for a multi-token prefill: no causal mask there."""
+    def fwd(*args, form="naive", causal=True, **kw):
+        return R.mla(*args, form=form, causal=causal and form != "absorbed", **kw)
+    return fwd, None
+
+
+@mutant("moe_router", catches=("zero_bias_is_no_bias",))
+def moe_router_groups_only_with_a_bias():
+    """Group-limited routing run only on the bias-corrected (DeepSeek-V3 noaux_tc) path: with
+    no bias the plain top-k over all experts, n_group and topk_group ignored."""
+    def fwd(logits, bias=None, **kw):
+        _spec("moe_router").check_args(logits, bias, **kw)
+        if bias is None:
+            kw = dict(kw, n_group=1, topk_group=1)
+        return R.moe_router(logits, bias, **kw)
+    return fwd, None
+
+
+@mutant("moe_router", catches=("group_limited_routing_uses_at_most_topk_group_groups",
+                               "permuting_experts_permutes_ids_only"))
+def moe_router_group_mask_tiled():
+    """The (N, G) kept-group mask expanded to experts with np.tile (expert e in group e % G)
+    instead of np.repeat (groups are blocks of E / G consecutive experts)."""
+    def masked(u, *, n_group, topk_group, masked_group_fill):
+        if n_group == 1:
+            return _f32(u)
+        keep = np.tile(router_ref.kept_groups(u, n_group, topk_group), u.shape[1] // n_group)
+        fill = np.float32(0.0 if masked_group_fill == "zero" else -np.inf)
+        return np.where(keep, _f32(u), fill).astype(np.float32)
+    return _patched(router_ref, "masked_selection", masked, R.moe_router), None
+
+
+@mutant("moe_balance_loss", catches=("token_order_within_a_sequence_does_not_matter",))
+def moe_balance_loss_sequence_first_layout():
+    """Tokens laid out sequence-first (T, B), as Megatron does, read as batch-first (B, T):
+    "sequence" b is every n_seq-th token from b."""
+    def fwd(scores, topk_ids, *, kind, n_seq=1, alpha=1.0):
+        R.moe_balance_loss(scores, topk_ids, kind=kind, n_seq=n_seq, alpha=alpha)  # the checks
+        n = np.shape(scores)[0]
+        if kind != "seq" or n == 0:
+            return R.moe_balance_loss(scores, topk_ids, kind=kind, n_seq=n_seq, alpha=alpha)
+        order = np.arange(n).reshape(n // n_seq, n_seq).T.reshape(-1)
+        return R.moe_balance_loss(np.asarray(scores)[order], np.asarray(topk_ids)[order],
+                                  kind=kind, n_seq=n_seq, alpha=alpha)
+    return fwd, None
+
+
+@mutant("moe_balance_loss", catches=("slot_order_does_not_matter",))
+def moe_balance_loss_counts_the_first_slot_only():
+    """f_i counted from each token's first slot (the Switch Transformer's top-1 argmax) for a
+    top-k router."""
+    def fwd(scores, topk_ids, *, kind, n_seq=1, alpha=1.0):
+        R.moe_balance_loss(scores, topk_ids, kind=kind, n_seq=n_seq, alpha=alpha)  # the checks
+        ids = topk_ids if topk_ids is None or kind == "z" else np.asarray(topk_ids)[:, :1]
+        return R.moe_balance_loss(scores, ids, kind=kind, n_seq=n_seq, alpha=alpha)
+    return fwd, None

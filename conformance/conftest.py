@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from lmspec import backends
 from lmspec.conformance import _results
@@ -22,6 +22,10 @@ PROFILES = {
     "smoke": dict(max_examples=4, derandomize=True, database=None),
     # what CI runs: fixed examples (derandomized), so a failure reproduces from the command
     "ci": dict(max_examples=20, derandomize=True, database=None),
+    # the ci examples, failures not shrunk: for runs that only ask whether a test fails (the
+    # planted-bug run spent most of its time shrinking the examples that caught each plant)
+    "ci-noshrink": dict(max_examples=20, derandomize=True, database=None,
+                        phases=(Phase.explicit, Phase.reuse, Phase.generate)),
     # random and long: for a release or a new backend
     "thorough": dict(max_examples=300),
 }

@@ -1,6 +1,6 @@
 """Proof that the suite can fail: every planted-bug backend in mutants.py is caught, by the
-conformance suite itself run in a subprocess with the CI profile, read back from its result
-rows (which also checks that the results writer records failures)."""
+conformance suite itself run in a subprocess on the CI examples (unshrunk), read back from its
+result rows (which also checks that the results writer records failures)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def failures(tmp_path_factory) -> dict[str, list[str]]:
     stems = sorted({stem for stem, _ in mutants.MUTANTS.values()})
     cmd = [sys.executable, "-m", "pytest", *(str(ROOT / "conformance" / f"test_{s}.py")
                                              for s in stems),
-           "-q", "-p", "no:cacheprovider", "--import-mode=importlib", "--profile", "ci",
+           "-q", "-p", "no:cacheprovider", "--import-mode=importlib", "--profile", "ci-noshrink",
            "--only-implemented",
            "-W", "ignore"]
     for name in mutants.MUTANTS:

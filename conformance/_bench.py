@@ -100,7 +100,17 @@ def run(benchmark, fn: Callable[[], Any], impl: str, slow: bool = False) -> None
     fn()  # warm-up: compile (jit), allocate
     rounds = 2 if (slow or QUICK) else 8
     benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(lambda: sync(fn()), rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def torch_from_numpy(a):
+    """A peer's input: torch.from_numpy on the device the torch backends use (a GPU when there
+    is one), so that a peer and our backend are timed on the same device."""
+    import torch
+
+    from lmspec.backends._torch_device import torch_device
+
+    return torch.from_numpy(a).to(torch_device())
 
 
 def time_impl(benchmark, impl: tuple, stem: str, arrays: dict, params: dict) -> None:

@@ -19,7 +19,8 @@ def _data(n, v):
 
 def _torch_ce(arrays):
     torch = pytest.importorskip("torch")
-    logits, t = torch.from_numpy(arrays["logits"]).float(), torch.from_numpy(arrays["targets"])
+    logits = _bench.torch_from_numpy(arrays["logits"]).float()
+    t = _bench.torch_from_numpy(arrays["targets"])
     return lambda: torch.nn.functional.cross_entropy(logits, t)
 
 

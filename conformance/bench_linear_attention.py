@@ -33,7 +33,7 @@ def _arrays(stem: str, b: int, t: int, h: int, d: int) -> dict:
 def _torch_sdpa(b, t, h, d):
     torch = pytest.importorskip("torch")
     arrays = _arrays("sdpa", b, t, h, d)
-    q, k, v = (torch.from_numpy(arrays[n]).float().transpose(1, 2).contiguous()
+    q, k, v = (_bench.torch_from_numpy(arrays[n]).float().transpose(1, 2).contiguous()
                for n in "qkv")  # (B, H, T, D): torch's layout, prepared outside the timing
     return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 

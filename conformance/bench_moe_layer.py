@@ -26,8 +26,8 @@ def _arrays(n: int, d: int, e: int, k: int, f: int) -> dict:
 
 
 def _torch(arrays):
-    torch = pytest.importorskip("torch")
-    return {n: None if a is None else torch.from_numpy(
+    pytest.importorskip("torch")
+    return {n: None if a is None else _bench.torch_from_numpy(
         a if a.dtype.kind == "i" else a.astype(np.float32)) for n, a in arrays.items()}
 
 
@@ -79,7 +79,7 @@ def _hf_mixtral_experts(arrays):
     t = _torch(arrays)
     e, d, f = t["w_gate"].shape
     experts = MixtralExperts(MixtralConfig(hidden_size=d, intermediate_size=f,
-                                           num_local_experts=e))
+                                           num_local_experts=e)).to(t["x"].device)
     with torch.no_grad():
         experts.gate_up_proj.copy_(torch.cat([t["w_gate"], t["w_up"]], 2).transpose(1, 2))
         experts.down_proj.copy_(t["w_down"].transpose(1, 2))

@@ -47,7 +47,7 @@ def _peer(name: str, m: int, n: int, k: int):
         np.float32)
     if name == "peer:torch.mm.f32":
         torch = pytest.importorskip("torch")
-        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        xt, wt = _bench.torch_from_numpy(x), _bench.torch_from_numpy(w)
         return lambda: torch.matmul(xt, wt)
     jax = pytest.importorskip("jax")
     xj, wj = jax.numpy.asarray(x), jax.numpy.asarray(w)
@@ -64,9 +64,8 @@ def _callable(backend, arrays: dict, params: dict):
               if a is not None and a.dtype.kind == "f"}
     ints = {n: a for n, a in arrays.items() if a is not None and a.dtype.kind in "iu"}
     if backend.name.startswith("torch"):
-        import torch
-
-        native.update({n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in ints.items()})
+        native.update({n: _bench.torch_from_numpy(np.ascontiguousarray(a))
+                       for n, a in ints.items()})
     else:
         import jax.numpy as jnp
 

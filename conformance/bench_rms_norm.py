@@ -13,7 +13,8 @@ EPS = 1e-6
 
 def _torch_rms(arrays):
     torch = pytest.importorskip("torch")
-    x, w = torch.from_numpy(arrays["x"]).float(), torch.from_numpy(arrays["weight"]).float()
+    x = _bench.torch_from_numpy(arrays["x"]).float()
+    w = _bench.torch_from_numpy(arrays["weight"]).float()
     return lambda: torch.nn.functional.rms_norm(x, (x.shape[-1],), w, EPS)
 
 

@@ -14,10 +14,10 @@ SHAPES = [("T512", 1, 512, 8, 64)] if _bench.QUICK else [("T4096", 1, 4096, 32, 
 def _hf_rope(arrays):
     torch = pytest.importorskip("torch")
     llama = pytest.importorskip("transformers.models.llama.modeling_llama")
-    x = torch.from_numpy(arrays["x"]).float().transpose(1, 2).contiguous()  # (B, H, T, D)
+    x = _bench.torch_from_numpy(arrays["x"]).float().transpose(1, 2).contiguous()  # (B, H, T, D)
     d = x.shape[-1]
-    inv = 1.0 / 10000.0 ** (torch.arange(0, d, 2).float() / d)
-    ang = torch.from_numpy(arrays["positions"]).float()[..., None] * inv  # (B, T, D/2)
+    inv = 1.0 / 10000.0 ** (torch.arange(0, d, 2, device=x.device).float() / d)
+    ang = _bench.torch_from_numpy(arrays["positions"]).float()[..., None] * inv  # (B, T, D/2)
     emb = torch.cat([ang, ang], -1)
     cos, sin = emb.cos(), emb.sin()
     return lambda: llama.apply_rotary_pos_emb(x, x, cos, sin)[0]

@@ -18,7 +18,7 @@ def _arrays(b, t, h, d):
 
 def _torch_sdpa(arrays):
     torch = pytest.importorskip("torch")
-    q, k, v = (torch.from_numpy(arrays[n]).float().transpose(1, 2).contiguous()
+    q, k, v = (_bench.torch_from_numpy(arrays[n]).float().transpose(1, 2).contiguous()
                for n in "qkv")  # (B, H, T, D): torch's layout, prepared outside the timing
     return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
 

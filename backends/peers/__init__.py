@@ -41,6 +41,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
+from lmspec.backends._torch_device import torch_device
 from lmspec.backends.peers.cross_entropy import cross_entropy
 from lmspec.backends.peers.embedding import embedding
 from lmspec.backends.peers.geglu import geglu
@@ -66,15 +67,15 @@ def asarray(a: np.ndarray, dtype: str | None) -> torch.Tensor:
     """A NumPy array to a torch tensor; floats converted to ``dtype``, integers kept."""
     a = np.asarray(a)
     if a.dtype.kind in "iub":
-        return torch.from_numpy(a.astype(np.int64, copy=True))
+        return torch.from_numpy(a.astype(np.int64, copy=True)).to(torch_device())
     # via float64: torch.from_numpy does not read ml_dtypes.bfloat16; exact for every float
     t = torch.from_numpy(np.asarray(a, dtype=np.float64).copy())
-    return t if dtype is None else t.to(_TORCH_DTYPES[dtype])
+    return (t if dtype is None else t.to(_TORCH_DTYPES[dtype])).to(torch_device())
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Exact conversion back: bfloat16 goes through float32 to ml_dtypes.bfloat16."""
-    t = t.detach()
+    t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         return t.float().numpy().astype(ml_dtypes.bfloat16)
     return t.numpy().copy()

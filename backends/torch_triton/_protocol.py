@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from lmspec.backends import numpy_dtype
+from lmspec.backends._torch_device import torch_device
 
 TORCH_DTYPES = {
     "float64": torch.float64,
@@ -19,7 +20,13 @@ TORCH_DTYPES = {
 
 
 def asarray(a: np.ndarray, dtype: str | None) -> torch.Tensor:
-    """NumPy to torch; floats are rounded by NumPy/ml_dtypes (one rounding, as the harness)."""
+    """NumPy to torch on the backend's device (``lmspec.backends._torch_device``); floats are
+    rounded by NumPy/ml_dtypes (one rounding, as the harness)."""
+    return host_tensor(a, dtype).to(torch_device())
+
+
+def host_tensor(a: np.ndarray, dtype: str | None) -> torch.Tensor:
+    """NumPy to a torch tensor on the CPU, rounded as ``asarray`` says."""
     a = np.asarray(a)
     if dtype is None:
         kind = a.dtype.kind

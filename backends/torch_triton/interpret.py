@@ -25,7 +25,8 @@ if type(_tl.standard.sum).__name__ != "InterpretedFunction":
         "library imported it first), and Triton fixes its mode at import; export "
         "TRITON_INTERPRET=1 or run this backend in a process of its own")
 
-from lmspec.backends.torch_triton import asarray, to_numpy, vjp
+from lmspec.backends.torch_triton import to_numpy, vjp
+from lmspec.backends.torch_triton._protocol import host_tensor as asarray  # the interpreter's
 from lmspec.backends.torch_triton.cross_entropy import forward as _cross_entropy
 from lmspec.backends.torch_triton.lightning_attention import forward as _lightning_attention
 from lmspec.backends.torch_triton.linear_attention import forward as _linear_attention

@@ -156,6 +156,11 @@ def cmd_replay(ns: argparse.Namespace) -> int:
 
 def cmd_triton_aot(args) -> int:
     """In a process of its own: this one may have imported triton in interpreter mode."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "triton") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f"triton-aot needs {' and '.join(missing)}: pip install -e '.[torch]'")
     cmd = [sys.executable, "-m", "lmspec.backends.torch_triton._aot",
            "--out", str(Path(args.results) / "triton_aot.jsonl")]
     cmd += [f"--arch={a}" for a in args.arch or ()]

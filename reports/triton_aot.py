@@ -41,7 +41,7 @@ def section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None:
     failed = sum(not r[3] == "ok" for r in table)
     spilled = sum(1 for r in table if r[5] not in ("", 0, "0"))
     summary = (f"{len(table) - failed} of {len(table)} kernel launches compiled and fit; "
-               f"{spilled} spill registers to local memory.")
+               f"launches that spill registers to local memory: {spilled}.")
     md = "\n\n".join(["## Triton kernels compiled for a GPU (no GPU run)", NOTE, summary,
                       md_table(table, HEADERS)])
     page = (f"<h2>Triton kernels compiled for a GPU (no GPU run)</h2><p>{html.escape(NOTE)}</p>"

@@ -115,8 +115,9 @@ class FastTokenizer:
         if None not in ids:
             return ids  # every piece is one token
         out: list[int] = []
-        last, merged = 0, self._merged
-        for i in [i for i, r in enumerate(ids) if r is None]:
+        last, merged, find = 0, self._merged, ids.index
+        for _ in range(ids.count(None)):
+            i = find(None, last)  # the next piece to merge, found by a scan in C
             out += ids[last:i]
             out += merged(pieces[i])
             last = i + 1

@@ -72,9 +72,8 @@ def ascii_pattern(pattern: str) -> str:
             continue
         if ch == "[" and not in_class:
             in_class = True
-            if pattern.startswith("[^]", i) or pattern.startswith("[]", i):
-                i += 1  # a leading "]" is a member, not the end
-            i += 1 + (pattern[i + 1:i + 2] == "^")
+            i += 1 + pattern.startswith("^", i + 1)
+            i += pattern.startswith("]", i)  # a leading "]" is a member, not the end
             continue
         if ch == "]" and in_class:
             in_class = False

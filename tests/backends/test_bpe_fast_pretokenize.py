@@ -60,6 +60,15 @@ def test_split_equals_the_reference(name, parts):
     assert P.splitter(pattern)(text) == pretokenize(text, pattern)
 
 
+def test_narrowing_reads_classes_as_regex_does():
+    """Properties inside and outside classes, negated classes, a leading ']' and escapes."""
+    for pattern, text in [(r"[]\p{N}]+|\p{L}+|[^\p{L}\p{N}\]]+", "]12x ab-?]]"),
+                          (r"[^]\p{L}]+|\p{Lu}\p{Ll}*|.", "Abc]1 2DE]"),
+                          (r"\[\p{L}\]|\p{N}|\S|\s", "[a]1[b]x \t")]:
+        narrow = re.compile(P.ascii_pattern(pattern), re.ASCII)
+        assert narrow.findall(text) == pretokenize(text, pattern), (pattern, text)
+
+
 def test_other_patterns_run_on_regex_as_given():
     assert P.splitter(r"\S+|\s+")("a b") == ["a", " ", "b"]
     assert r"\S+|\s+" not in P.BOUNDARIES

@@ -37,7 +37,8 @@ def _visible(tq: int, tk: int, segment_ids_q, segment_ids_kv, causal: bool,
 def _lse_flash(q, k, v, mask, scale: float) -> torch.Tensor:
     """(B, H, Tq) float32 lse from aten's CPU flash kernel (no gradient through it)."""
     g = q.shape[1] // k.shape[1]
-    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(~mask, float("-inf"))
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=mask.device).masked_fill(
+        ~mask, float("-inf"))
     _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1), 0.0, False,
         attn_mask=bias, scale=scale)
@@ -80,7 +81,8 @@ def sdpa(q, k, v, segment_ids_q=None, segment_ids_kv=None, *, causal: bool = Fal
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale,
                                          enable_gqa=hq != hkv)
-    flash_ok = not _needs_grad(q, k, v) and v.shape[3] == d and tq > 0 and tk > 0
+    flash_ok = (q.device.type == "cpu" and not _needs_grad(q, k, v) and v.shape[3] == d
+                and tq > 0 and tk > 0)  # aten's flash lse is the CPU kernel's
     lse = _lse_flash(qt, kt, vt, mask, scale) if flash_ok else _lse_scores(qt, kt, mask, scale)
     # adapter: the flash kernel reports lse 0 on a fully masked row; the spec says -inf
     lse = lse.masked_fill(~mask.any(dim=-1), float("-inf"))  # (B, Hq, Tq)

@@ -141,10 +141,10 @@ def _global_kept(topk_ids, n_experts: int, capacity_factor, group) -> torch.Tens
     n_total = int(every[:, 0].sum()) if k else 0
     capacity = expert_capacity(n_total, k, n_experts, capacity_factor)
     if capacity is None:
-        return torch.ones((n, k), dtype=torch.bool)
+        return torch.ones((n, k), dtype=torch.bool, device=topk_ids.device)
     slots = every.sum(0)  # (k, E)
     before = (torch.cumsum(slots, 0) - slots) + (torch.cumsum(every, 0) - every)[rank]  # (k, E)
-    kept = torch.empty((n, k), dtype=torch.bool)
+    kept = torch.empty((n, k), dtype=torch.bool, device=topk_ids.device)
     for j in range(k):
         onehot = F.one_hot(topk_ids[:, j], n_experts)  # (N, E)
         within = (torch.cumsum(onehot, 0) - onehot).gather(1, topk_ids[:, j:j + 1])[:, 0]
@@ -195,7 +195,8 @@ def expert_parallel_moe_layer(x, topk_ids, topk_weights, w_gate, w_up, w_down,
     tokens = order // k
     rows = a2a(xc[tokens], recv_split, send_split, group)
     # received rows: by source rank, then by local expert; regroup by local expert
-    expert_of = torch.repeat_interleave(torch.arange(local).repeat(world), recv_experts.reshape(-1))
+    expert_of = torch.repeat_interleave(torch.arange(local, device=recv_experts.device)
+                                        .repeat(world), recv_experts.reshape(-1))
     by_expert = torch.sort(expert_of, stable=True).indices
     ys = grouped_experts(rows[by_expert], recv_experts.sum(0).tolist(),
                          *(w.to(xc.dtype) for w in (w_gate, w_up, w_down)),

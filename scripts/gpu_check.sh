@@ -4,7 +4,8 @@
 # dependencies (the machine's own torch, triton, jax, hypothesis, pytest-benchmark are used),
 # then, on CUDA tensors:
 #   1. conformance of the torch_triton backend on every component with a Triton kernel
-#      (the kernels compiled for real and checked against the reference);
+#      (the kernels compiled for real and checked against the reference), and the kernel
+#      tests (tests/kernels: each kernel at several tile sizes);
 #   2. the benchmarks of those components against their peers, measured in the same run,
 #      with the speed gates (results/gpu/bench.jsonl; the report in results/gpu/).
 # Usage: scripts/gpu_check.sh            (writes into $OUT, else results/gpu)
@@ -33,6 +34,12 @@ timeout 300 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}" --backend torch
   --profile smoke --results "$out/conformance.jsonl" 2>&1 | tee "$out/conformance.log" | tail -40
 conform=${PIPESTATUS[0]}
 
+echo "== 1b. the kernels themselves at several tile sizes against the reference"
+timeout 240 "$py" -m pytest -q -p no:cacheprovider tests/kernels/test_triton_sdpa.py \
+  tests/kernels/test_triton_moe.py tests/kernels/test_triton_quant_matmul.py 2>&1 \
+  | tee "$out/kernels.log" | tail -30
+kernel_tests=${PIPESTATUS[0]}
+
 echo "== 2. benchmarks against their peers (same run), with the gates"
 quick=()
 [ "${LMSPEC_BENCH_QUICK:-0}" = 1 ] && quick=(--quick)
@@ -40,5 +47,6 @@ timeout 420 "$py" -m lmspec.conformance.cli bench "${quick[@]}" \
   --backend torch_triton --component "${kernels// /,}" --results "$out" 2>&1 \
   | tee "$out/bench.log" | tail -60
 bench=${PIPESTATUS[0]}
-echo "gpu_check: conformance exit $conform, bench exit $bench; results in $out"
-exit $(( conform != 0 || bench != 0 ))
+echo "gpu_check: conformance exit $conform, kernel tests exit $kernel_tests, bench exit $bench;" \
+  "results in $out"
+exit $(( conform != 0 || kernel_tests != 0 || bench != 0 ))

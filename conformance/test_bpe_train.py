@@ -109,22 +109,4 @@ def test_special_tokens_never_merge(target, pattern):
 
 
 def test_errors(target):
-    check.require_impl(target, STEM)
-    fn = target.backend.fn(STEM)
-    for err in COMPONENT.errors:
-        _, params = err.build()
-        try:
-            fn(**params)
-        except NotImplementedError as e:
-            _results.record_unsupported(STEM, target, "errors", str(e))
-            continue
-        except Exception as e:  # noqa: BLE001 - the type is what is checked
-            if isinstance(e, err.exception) and err.message_ok(e):
-                continue
-            pytest.fail(f"bpe_train [{target.backend.name}] error case {err.name!r}: expected "
-                        f"{err.exception.__name__} matching {err.match!r}, got "
-                        f"{type(e).__name__}: {e}", pytrace=False)
-        pytest.fail(f"bpe_train [{target.backend.name}] error case {err.name!r}: expected "
-                    f"{err.exception.__name__} matching {err.match!r}, nothing was raised",
-                    pytrace=False)
-    _results.record_check(STEM, target, "errors", "all", None)
+    check.check_errors(target, STEM, lambda params: target.backend.fn(STEM)(**params))

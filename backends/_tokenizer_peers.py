@@ -12,9 +12,19 @@ from collections.abc import Mapping, Sequence
 from functools import cache, lru_cache
 from pathlib import Path
 
+import numpy as np
 import regex
 
 from lmspec.spec.tokenizer import SpecialSet, check_encode_args, check_ids
+
+
+def asarray(a: np.ndarray, dtype: str | None) -> np.ndarray:
+    """The backend protocol's array hooks: the tokenizer libraries take and give NumPy."""
+    return np.asarray(a)
+
+
+def to_numpy(t) -> np.ndarray:
+    return np.asarray(t)
 
 
 def checked_ids(ids: Sequence[int], known: frozenset[int]) -> list[int]:

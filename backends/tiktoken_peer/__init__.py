@@ -13,8 +13,7 @@ Adapter steps, every one listed (the report shows what the library does differen
 
 from __future__ import annotations
 
-import numpy as np
-
+from lmspec.backends._tokenizer_peers import asarray, to_numpy
 from lmspec.backends.tiktoken_peer.tokenizer import tokenizer
 
 NAME = "tiktoken_peer"
@@ -22,10 +21,3 @@ DTYPES: tuple[str, ...] = ()
 
 __all__ = ["DTYPES", "NAME", "asarray", "to_numpy", "tokenizer"]
 
-
-def asarray(a: np.ndarray, dtype: str | None) -> np.ndarray:
-    return np.asarray(a)
-
-
-def to_numpy(t) -> np.ndarray:
-    return np.asarray(t)

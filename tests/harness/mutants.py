@@ -712,8 +712,9 @@ def bpe_train_ties_to_the_largest_pair():
     return bpe_train
 
 
-def _train_with_key(texts, vocab_size, pattern, special_tokens, choose, count=None):
-    """The reference trainer with another pair choice and/or pair counting."""
+def _train_with_key(texts, vocab_size, pattern, special_tokens, choose, count=None,
+                    merge=None):
+    """The reference trainer with another pair choice, pair counting and/or merge pass."""
     train_ref.check_args(texts, vocab_size=vocab_size, pattern=pattern,
                          special_tokens=special_tokens)
     vocab = {i: bytes([i]) for i in range(256)}
@@ -729,7 +730,8 @@ def _train_with_key(texts, vocab_size, pattern, special_tokens, choose, count=No
         if token not in ids:
             ids[token] = len(vocab)
             vocab[len(vocab)] = token
-        words = {train_ref.merge_word(w, pair, ids[token]): n for w, n in words.items()}
+        words = {(merge or train_ref.merge_word)(w, pair, ids[token]): n
+                 for w, n in words.items()}
         merges.append((vocab[pair[0]], vocab[pair[1]]))
     specials = {s: len(vocab) + k for k, s in enumerate(special_tokens)}
     return train_ref.BPEModel(ranks=dict(ids), merges=merges, special_tokens=specials,
@@ -756,6 +758,18 @@ def bpe_train_counts_overlaps_once():
 
     def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
         return _train_with_key(texts, vocab_size, pattern, special_tokens, _first_max, count)
+    return bpe_train
+
+
+@mutant_module("bpe_train", catches=("id_policy",))
+def bpe_train_merges_right_to_left():
+    """Each merge applied from the end of a word: 'a a a' becomes 'a aa', not 'aa a'."""
+    def right_to_left(word, pair, new):
+        return train_ref.merge_word(word[::-1], pair[::-1], new)[::-1]
+
+    def bpe_train(texts, *, vocab_size, pattern, special_tokens=()):
+        return _train_with_key(texts, vocab_size, pattern, special_tokens, _first_max,
+                               merge=right_to_left)
     return bpe_train
 
 

@@ -75,6 +75,8 @@ def test_tokenizer(benchmark, impl, shape):
 
     def fresh():  # untimed: a new object, a slice of text no earlier round has seen
         tok = backend.fn("tokenizer")(ranks, pattern=pattern, special_tokens=specials)
+        if hasattr(tok, "core"):  # bpe_fast: its compiled core, or the Python fallback
+            benchmark.extra_info["core"] = tok.core
         return (tok, next(chunks)), {}
 
     benchmark.extra_info.update(impl=impl_name, bytes=n_bytes)

@@ -1,9 +1,12 @@
-"""bpe_fast: our fast byte-level BPE in pure Python (plus ``regex``, a base dependency of lmspec).
+"""bpe_fast: our fast byte-level BPE, in Python (plus ``regex``, a base dependency of lmspec) with
+one small compiled part.
 
 Encoder: the preset patterns on stdlib ``re`` over ASCII text (_pretokenize.py: the narrowing
-and the cuts of mixed text are proven there), whole pieces looked up in a str -> id map of the
-vocabulary all at once, tiktoken's whole-piece shortcut, and a bounded cache of the pieces that
-take merging (a rescanning merge for short ones, a heap + linked list for long ones).
+and the cuts of mixed text are proven there), then the per-piece work in C (_core.c, built at
+install by setup.py; optional): whole pieces looked up in a hash table of the vocabulary's
+bytes (tiktoken's whole-piece shortcut), the rest merged with a heap over a linked list and
+kept in a bounded cache. Without a C compiler the same per-piece work runs in Python
+(tokenizer.py; ``tokenizer(..., core="python")`` asks for it).
 Trainer: incremental pair counts with an index of the words where each pair occurs and a
 lazy-deletion heap; it produces exactly the reference's merges. Dtype-free: ``DTYPES = ()``.
 """

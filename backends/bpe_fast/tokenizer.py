@@ -1,12 +1,14 @@
 """bpe_fast encoder (spec/tokenizer.py): pre-tokenization on stdlib ``re`` for ASCII text with the
-preset patterns (_pretokenize.py), whole pieces looked up all at once in a str -> id map of the
-vocabulary, and a cache of the pieces that need merging: a rescan merge for short pieces, a
-heap for long ones."""
+preset patterns (_pretokenize.py), then per piece: the token it is, or a merge, cached. That
+per-piece work runs in the compiled core (_core.c) when it was built, else here in Python (a
+str -> id map of the vocabulary; a rescan merge for short pieces, a heap for long ones);
+``core="python"`` asks for the Python path."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from heapq import heappop, heappush
+from typing import Literal
 
 import regex
 
@@ -17,11 +19,17 @@ _CACHE_MAX = 1 << 18  # pieces; real text repeats them heavily
 # below this many bytes, rescanning the pairs beats a heap: random-letter pieces, cl100k,
 # 2026-11-28 (busy machine): even at 24 bytes (50 vs 56 us), heap ahead from 32 (54 vs 70 us)
 _SHORT = 24
-_INF = 1 << 62
+_INF = 1 << 62  # _merge_short's "no pair": above every rank of the vocabularies it gets
+
+try:
+    from lmspec.backends.bpe_fast import _core
+except ImportError:  # built without a C compiler (setup.py): the Python path serves
+    _core = None
+CORE: Literal["c", "python"] = "python" if _core is None else "c"  # the default core
 
 
 def _merge_short(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
-    """tiktoken's own loop: rescan for the lowest-ranked pair, leftmost on ties."""
+    """tiktoken's own loop: rescan for the lowest-ranked pair, leftmost on ties (ranks < _INF)."""
     get = ranks.get
     bounds = list(range(len(piece) + 1))
     pair = [get(piece[i:i + 2], _INF) for i in range(len(piece) - 1)]
@@ -76,7 +84,8 @@ def _merge_long(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
 
 class FastTokenizer:
     def __init__(self, ranks: Mapping[bytes, int], pattern: str,
-                 special_tokens: Mapping[str, int] | None = None):
+                 special_tokens: Mapping[str, int] | None = None,
+                 core: Literal["c", "python"] | None = None):
         self._ranks = dict(ranks)
         self._regex = regex.compile(pattern)
         self._split = splitter(pattern)
@@ -84,33 +93,59 @@ class FastTokenizer:
         self._decoder = {i: t for t, i in self._ranks.items()}
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
         self.n_vocab = max(self._decoder) + 1
-        # whole pieces that are one token, by their text (a piece's UTF-8 is a token iff its
-        # text is the token's decoded text); the vocabulary itself, not text seen before
-        self._single: dict[str, int] = {}
-        for token, rank in self._ranks.items():
+        self._max_rank = max(self._ranks.values())
+        if core not in (None, "c", "python"):
+            raise ValueError(f"core: expected 'c', 'python' or None, got {core!r}")
+        if core == "c" and _core is None:
+            raise ValueError("core: 'c' asked for, but lmspec was installed without its "
+                             "compiled core (no C compiler at install time)")
+        self._encoder = None  # the compiled core: its own byte table and cache
+        if (core or CORE) == "c":
             try:
-                self._single[token.decode("utf-8")] = rank
-            except UnicodeDecodeError:
-                pass
-        self._cache: dict[str, list[int]] = {}  # pieces that took merging
+                self._encoder = _core.Encoder(self._ranks, _CACHE_MAX)
+            except OverflowError:  # a rank past 2**63: the Python path has no such limit
+                if core == "c":
+                    raise
+        # the Python path: whole pieces that are one token, by their text (a piece's UTF-8 is
+        # a token iff its text is the token's decoded text), and the pieces that took merging
+        self._single: dict[str, int] = {}
+        self._cache: dict[str, list[int]] = {}
+        if self._encoder is None:
+            for token, rank in self._ranks.items():
+                try:
+                    self._single[token.decode("utf-8")] = rank
+                except UnicodeDecodeError:
+                    pass
+        self.core = "python" if self._encoder is None else "c"
 
     def _merged(self, piece: str) -> list[int]:
         ids = self._cache.get(piece)
         if ids is None:
             b = piece.encode("utf-8")
-            ids = _merge_short(b, self._ranks) if len(b) < _SHORT else _merge_long(b, self._ranks)
+            short = len(b) < _SHORT and self._max_rank < _INF
+            ids = _merge_short(b, self._ranks) if short else _merge_long(b, self._ranks)
             if len(self._cache) < _CACHE_MAX:
                 self._cache[piece] = ids
         return ids
 
     def _ordinary(self, text: str) -> list[int]:
         pieces = self._split(text)
-        if sum(map(len, pieces)) != len(text):  # non-overlapping matches tile iff they cover
-            pieces = self._regex.findall(text)  # the plain path (the fast split is tested)
-            if sum(map(len, pieces)) != len(text):
-                from lmspec.reference.tokenizer import pretokenize
+        if self._encoder is not None:
+            ids = self._encoder.encode(pieces, len(text))  # None: the pieces do not tile
+            if ids is not None:
+                return ids
+        elif sum(map(len, pieces)) == len(text):  # non-overlapping matches tile iff they cover
+            return self._from_pieces(pieces)
+        pieces = self._regex.findall(text)  # the plain path (the fast split is tested)
+        if sum(map(len, pieces)) != len(text):
+            from lmspec.reference.tokenizer import pretokenize
 
-                pretokenize(text, self._regex.pattern)  # raises, naming the unmatched text
+            pretokenize(text, self._regex.pattern)  # raises, naming the unmatched text
+        return self._encoder.encode(pieces, len(text)) if self._encoder is not None \
+            else self._from_pieces(pieces)
+
+    def _from_pieces(self, pieces: list[str]) -> list[int]:
+        """The Python path of the per-piece work (_core.c's ``encode``)."""
         ids = list(map(self._single.get, pieces))
         if None not in ids:
             return ids  # every piece is one token
@@ -181,6 +216,9 @@ def _valid_unicode(text: str) -> str:
 
 
 def tokenizer(ranks: Mapping[bytes, int], *, pattern: str,
-              special_tokens: Mapping[str, int] | None = None) -> FastTokenizer:
+              special_tokens: Mapping[str, int] | None = None,
+              core: Literal["c", "python"] | None = None) -> FastTokenizer:
+    """The spec's constructor; ``core`` picks the per-piece path ("c", "python"; None: the
+    compiled one when it was built)."""
     check_args(ranks, pattern=pattern, special_tokens=special_tokens)
-    return FastTokenizer(ranks, pattern, special_tokens)
+    return FastTokenizer(ranks, pattern, special_tokens, core)

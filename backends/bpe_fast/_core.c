@@ -389,12 +389,234 @@ static PyTypeObject EncoderType = {
     .tp_new = PyType_GenericNew,
 };
 
+
+/* ---- the preset patterns on ASCII text, as hand-written scanners ----
+ * split(text, preset, pos, endpos, stop) -> list[str] is re.findall of the preset's pattern
+ * over text[pos:endpos] (ASCII there; endpos is the end of the string for `$` and look-aheads),
+ * for preset 0 gpt2, 1 cl100k_base, 2 o200k_base, up to the first piece that starts at stop
+ * or later. Each scanner takes the pattern's branches in
+ * order at a piece's start, as the regex engine does; spec/tokenizer.py has the patterns and
+ * tests/backends/test_bpe_fast_pretokenize.py checks the scanners against the reference. */
+
+enum { K_UPPER = 1, K_LOWER = 2, K_DIGIT = 4, K_SPACE = 8, K_OTHER = 16 };
+#define K_LETTER (K_UPPER | K_LOWER)
+
+static unsigned char kind_of[128];
+
+static void init_kinds(void) {
+    for (int c = 0; c < 128; c++)
+        kind_of[c] = K_OTHER;
+    for (int c = 'A'; c <= 'Z'; c++)
+        kind_of[c] = K_UPPER;
+    for (int c = 'a'; c <= 'z'; c++)
+        kind_of[c] = K_LOWER;
+    for (int c = '0'; c <= '9'; c++)
+        kind_of[c] = K_DIGIT;
+    const char *spaces = " \t\n\r\v\f"; /* \s on ASCII, for re and regex alike */
+    for (const char *c = spaces; *c; c++)
+        kind_of[(unsigned char)*c] = K_SPACE;
+}
+
+typedef struct {
+    const Py_UCS1 *t; /* text, one byte per character over [pos, end) */
+    Py_ssize_t end;
+} Text;
+
+static int kind(const Text *x, Py_ssize_t i) { return i < x->end ? kind_of[x->t[i]] : 0; }
+static int at(const Text *x, Py_ssize_t i) { return i < x->end ? x->t[i] : -1; }
+static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+static int is_crlf(int c) { return c == '\r' || c == '\n'; }
+
+static Py_ssize_t run(const Text *x, Py_ssize_t i, int kinds) {
+    while (i < x->end && (kind_of[x->t[i]] & kinds))
+        i++;
+    return i;
+}
+
+/* '(?:[sdmt]|ll|ve|re) at i (case-folded when fold): its end, or 0 */
+static Py_ssize_t contraction(const Text *x, Py_ssize_t i, int fold) {
+    if (at(x, i) != '\'')
+        return 0;
+    int a = at(x, i + 1), b = at(x, i + 2);
+    if (fold) {
+        a = lower(a);
+        b = lower(b);
+    }
+    if (a == 's' || a == 'd' || a == 'm' || a == 't')
+        return i + 2;
+    if ((a == 'l' && b == 'l') || (a == 'v' && b == 'e') || (a == 'r' && b == 'e'))
+        return i + 3;
+    return 0;
+}
+
+/* gpt2: '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s */
+static Py_ssize_t gpt2_piece(const Text *x, Py_ssize_t i) {
+    Py_ssize_t e = contraction(x, i, 0);
+    if (e)
+        return e;
+    Py_ssize_t k = at(x, i) == ' ' && (kind(x, i + 1) & (K_LETTER | K_DIGIT | K_OTHER)) ? i + 1 : i;
+    int kd = kind(x, k);
+    if (kd & K_LETTER)
+        return run(x, k, K_LETTER);
+    if (kd & (K_DIGIT | K_OTHER))
+        return run(x, k, kd);
+    e = run(x, i, K_SPACE); /* the character at i is a space */
+    if (e == x->end)
+        return e;                   /* \s++$ */
+    return e - i >= 2 ? e - 1 : e;  /* \s+(?!\S), else \s */
+}
+
+/* the end of the whitespace run [i, e) after its last \r or \n, or 0 when it has none */
+static Py_ssize_t past_last_crlf(const Text *x, Py_ssize_t i, Py_ssize_t e) {
+    for (Py_ssize_t j = e; j > i; j--)
+        if (is_crlf(x->t[j - 1]))
+            return j;
+    return 0;
+}
+
+/* cl100k_base: '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+
+ *              | ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s */
+static Py_ssize_t cl100k_piece(const Text *x, Py_ssize_t i) {
+    Py_ssize_t e = contraction(x, i, 1);
+    if (e)
+        return e;
+    int kd = kind(x, i), c = at(x, i);
+    if (kd & K_LETTER)
+        return run(x, i, K_LETTER);
+    if ((kd & (K_SPACE | K_OTHER)) && !is_crlf(c) && (kind(x, i + 1) & K_LETTER))
+        return run(x, i + 1, K_LETTER);
+    if (kd & K_DIGIT) {
+        e = run(x, i, K_DIGIT);
+        return e - i > 3 ? i + 3 : e;
+    }
+    Py_ssize_t k = c == ' ' && (kind(x, i + 1) & K_OTHER) ? i + 1 : i;
+    if (kind(x, k) & K_OTHER) {
+        e = run(x, k, K_OTHER);
+        while (is_crlf(at(x, e)))
+            e++;
+        return e;
+    }
+    e = run(x, i, K_SPACE);
+    if (e == x->end)
+        return e; /* \s++$ */
+    Py_ssize_t crlf = past_last_crlf(x, i, e);
+    if (crlf)
+        return crlf; /* \s*[\r\n] */
+    return e - i >= 2 ? e - 1 : e;
+}
+
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d)? at e: past it, or e */
+static Py_ssize_t o200k_suffix(const Text *x, Py_ssize_t e) {
+    Py_ssize_t c = contraction(x, e, 1);
+    return c ? c : e;
+}
+
+/* o200k_base: [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:..)?
+ *  |[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:..)?
+ *  |\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * On ASCII the first two read: an optional prefix, then uppers and lowers; either way a letter
+ * must follow the prefix, and the first branch fails only where no lower follows the uppers. */
+static Py_ssize_t o200k_piece(const Text *x, Py_ssize_t i) {
+    int kd = kind(x, i), c = at(x, i);
+    Py_ssize_t p = (kd & (K_SPACE | K_OTHER)) && !is_crlf(c) && (kind(x, i + 1) & K_LETTER)
+                       ? i + 1 : i;
+    if (kind(x, p) & K_LETTER) {
+        Py_ssize_t u = run(x, p, K_UPPER), l = run(x, u, K_LOWER);
+        return o200k_suffix(x, l);
+    }
+    Py_ssize_t e;
+    if (kd & K_DIGIT) {
+        e = run(x, i, K_DIGIT);
+        return e - i > 3 ? i + 3 : e;
+    }
+    Py_ssize_t k = c == ' ' && (kind(x, i + 1) & K_OTHER) ? i + 1 : i;
+    if (kind(x, k) & K_OTHER) {
+        e = run(x, k, K_OTHER);
+        while (is_crlf(at(x, e)) || at(x, e) == '/')
+            e++;
+        return e;
+    }
+    e = run(x, i, K_SPACE);
+    Py_ssize_t crlf = past_last_crlf(x, i, e);
+    if (crlf)
+        return crlf; /* \s*[\r\n]+ */
+    if (e == x->end)
+        return e;                   /* \s+(?!\S) at the end */
+    return e - i >= 2 ? e - 1 : e;  /* \s+(?!\S), else \s+ */
+}
+
+typedef Py_ssize_t (*Scanner)(const Text *, Py_ssize_t);
+static const Scanner scanners[] = {gpt2_piece, cl100k_piece, o200k_piece};
+#define N_PRESETS ((int)(sizeof(scanners) / sizeof(scanners[0])))
+
+static PyObject *core_split(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *text;
+    int preset;
+    Py_ssize_t pos = 0, endpos = PY_SSIZE_T_MAX, stop = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTuple(args, "Ui|nnn", &text, &preset, &pos, &endpos, &stop))
+        return NULL;
+    if (preset < 0 || preset >= N_PRESETS)
+        return PyErr_Format(PyExc_ValueError, "preset: expected 0 to %d, got %d",
+                            N_PRESETS - 1, preset);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (endpos > n)
+        endpos = n;
+    if (pos < 0 || pos > endpos)
+        return PyErr_Format(PyExc_ValueError, "pos: expected 0 to %zd, got %zd", endpos, pos);
+    /* x indexes text[pos:endpos]: the str's own bytes, or an ASCII copy of a wider str */
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_UCS1 *copy = NULL;
+    Text x = {(const Py_UCS1 *)data + pos, endpos - pos};
+    if (kind != PyUnicode_1BYTE_KIND) {
+        copy = PyMem_Malloc((size_t)x.end + 1);
+        if (!copy)
+            return PyErr_NoMemory();
+        x.t = copy;
+    }
+    for (Py_ssize_t i = 0; i < x.end; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, pos + i);
+        if (c >= 128) {
+            PyMem_Free(copy);
+            return PyErr_Format(PyExc_ValueError, "text: expected ASCII in [%zd, %zd), "
+                                "found U+%04X at %zd", pos, endpos, (unsigned)c, pos + i);
+        }
+        if (copy)
+            copy[i] = (Py_UCS1)c;
+    }
+    PyObject *out = PyList_New(0);
+    Scanner next = scanners[preset];
+    /* pieces that start before stop (the scan still sees up to endpos) */
+    Py_ssize_t last = stop < endpos ? stop - pos : x.end;
+    for (Py_ssize_t i = 0; out && i < last;) {
+        Py_ssize_t e = next(&x, i);
+        PyObject *piece = copy ? PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, x.t + i, e - i)
+                               : PyUnicode_Substring(text, pos + i, pos + e);
+        if (!piece || PyList_Append(out, piece) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(piece);
+        i = e;
+    }
+    PyMem_Free(copy);
+    return out;
+}
+
+static PyMethodDef core_methods[] = {
+    {"split", core_split, METH_VARARGS,
+     "split(text, preset, pos=0, endpos=len(text), stop=endpos) -> list[str]: the pieces "
+     "of the ASCII text[pos:endpos] under preset 0 gpt2, 1 cl100k_base, 2 o200k_base, "
+     "those that start before stop"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, .m_name = "_core",
-    .m_doc = "bpe_fast's compiled per-piece encoder", .m_size = -1,
+    .m_doc = "bpe_fast's compiled per-piece encoder and preset scanners", .m_size = -1,
+    .m_methods = core_methods,
 };
 
 PyMODINIT_FUNC PyInit__core(void) {
+    init_kinds();
     if (PyType_Ready(&EncoderType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&core_module);

@@ -88,7 +88,6 @@ class FastTokenizer:
                  core: Literal["c", "python"] | None = None):
         self._ranks = dict(ranks)
         self._regex = regex.compile(pattern)
-        self._split = splitter(pattern)
         self.special_tokens = dict(special_tokens or {})
         self._decoder = {i: t for t, i in self._ranks.items()}
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
@@ -117,6 +116,7 @@ class FastTokenizer:
                 except UnicodeDecodeError:
                     pass
         self.core = "python" if self._encoder is None else "c"
+        self._split = splitter(pattern, None if self._encoder is None else _core)
 
     def _merged(self, piece: str) -> list[int]:
         ids = self._cache.get(piece)

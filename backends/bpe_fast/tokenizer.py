@@ -6,6 +6,7 @@ str -> id map of the vocabulary; a rescan merge for short pieces, a heap for lon
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from heapq import heappop, heappush
 from typing import Literal
@@ -25,7 +26,15 @@ try:
     from lmspec.backends.bpe_fast import _core
 except ImportError:  # built without a C compiler (setup.py): the Python path serves
     _core = None
-CORE: Literal["c", "python"] = "python" if _core is None else "c"  # the default core
+
+
+def _default_core() -> Literal["c", "python"]:
+    """$LMSPEC_BPE_FAST_CORE ("c" or "python") if set, else "c" where it was built."""
+    asked = os.environ.get("LMSPEC_BPE_FAST_CORE", "")
+    if asked not in ("", "c", "python"):
+        raise ValueError(f"LMSPEC_BPE_FAST_CORE: expected 'c' or 'python', got {asked!r}")
+    return asked or ("python" if _core is None else "c")
+
 
 
 def _merge_short(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
@@ -95,15 +104,17 @@ class FastTokenizer:
         self._max_rank = max(self._ranks.values())
         if core not in (None, "c", "python"):
             raise ValueError(f"core: expected 'c', 'python' or None, got {core!r}")
+        asked = core
+        core = core or _default_core()
         if core == "c" and _core is None:
             raise ValueError("core: 'c' asked for, but lmspec was installed without its "
                              "compiled core (no C compiler at install time)")
         self._encoder = None  # the compiled core: its own byte table and cache
-        if (core or CORE) == "c":
+        if core == "c":
             try:
                 self._encoder = _core.Encoder(self._ranks, _CACHE_MAX)
             except OverflowError:  # a rank past 2**63: the Python path has no such limit
-                if core == "c":
+                if asked == "c":
                     raise
         # the Python path: whole pieces that are one token, by their text (a piece's UTF-8 is
         # a token iff its text is the token's decoded text), and the pieces that took merging

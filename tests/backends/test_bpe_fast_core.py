@@ -115,9 +115,15 @@ def test_a_rank_past_int64_falls_back_to_the_python_path():  # whose rescan's se
         tokenizer(ranks, pattern=r"\S+|\s+", core="c")
 
 
-def test_core_argument_is_checked():
+def test_core_argument_and_environment_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="core: expected"):
         tokenizer(dict(BYTES), pattern=r"\S+", core="rust")
+    monkeypatch.setenv("LMSPEC_BPE_FAST_CORE", "python")
+    assert tokenizer(dict(BYTES), pattern=r"\S+").core == "python"
+    assert tokenizer(dict(BYTES), pattern=r"\S+", core="c").core == "c"  # the argument wins
+    monkeypatch.setenv("LMSPEC_BPE_FAST_CORE", "rust")
+    with pytest.raises(ValueError, match="LMSPEC_BPE_FAST_CORE: expected"):
+        tokenizer(dict(BYTES), pattern=r"\S+")
 
 
 @pytest.fixture(scope="module")

@@ -86,3 +86,21 @@ def test_fastokens_refuses_ids_with_gaps_as_not_implemented():
         _build("fastokens_peer", ranks=gap, specials={})
     assert _build("hf_tokenizers_peer", ranks=gap, specials={}).encode_ordinary("abab") == [
         300, 300]
+
+
+def test_hf_trainer_makes_one_merge_more_for_a_special_spelled_in_stand_in_characters():
+    """The second half of the deviation of hf_tokenizers_peer's bpe_train
+    special_tokens_never_merge (spec/_deviations.py): 'Ġa' is how GPT-2's byte-level stand-ins
+    spell the merge ' a', so HF counts the special and that merge as one id."""
+    module = pytest.importorskip("lmspec.backends.hf_tokenizers_peer")
+    from lmspec.spec.tokenizer import PRESETS
+
+    text, gpt2 = [" aa aa aa ab ab ba ba bb bb bb"], PRESETS["gpt2"].pattern
+
+    def n_ids(train, special):
+        model = train(text, vocab_size=260, pattern=gpt2, special_tokens=[special])
+        return len(set(model.ranks.values()) | set(model.special_tokens.values()))
+
+    assert n_ids(R.bpe_train, "\u0120a") == 260
+    assert n_ids(module.bpe_train, "\u0120a") == 261
+    assert n_ids(module.bpe_train, "<|e|>") == 260  # a special in plain characters: as asked

@@ -2,7 +2,8 @@
 preset patterns (_pretokenize.py), then per piece: the token it is, or a merge, cached. That
 per-piece work runs in the compiled core (_core.c) when it was built, else here in Python (a
 str -> id map of the vocabulary; a rescan merge for short pieces, a heap for long ones);
-``core="python"`` asks for the Python path."""
+``FastTokenizer(..., core="python")`` or $LMSPEC_BPE_FAST_CORE=python asks for the Python
+path."""
 
 from __future__ import annotations
 
@@ -227,9 +228,8 @@ def _valid_unicode(text: str) -> str:
 
 
 def tokenizer(ranks: Mapping[bytes, int], *, pattern: str,
-              special_tokens: Mapping[str, int] | None = None,
-              core: Literal["c", "python"] | None = None) -> FastTokenizer:
-    """The spec's constructor; ``core`` picks the per-piece path ("c", "python"; None: the
-    compiled one when it was built)."""
+              special_tokens: Mapping[str, int] | None = None) -> FastTokenizer:
+    """The spec's constructor (its signature); the core is $LMSPEC_BPE_FAST_CORE's, else the
+    compiled one where it was built (``FastTokenizer(..., core=)`` picks one directly)."""
     check_args(ranks, pattern=pattern, special_tokens=special_tokens)
-    return FastTokenizer(ranks, pattern, special_tokens, core)
+    return FastTokenizer(ranks, pattern, special_tokens)

@@ -112,15 +112,15 @@ def test_a_rank_past_int64_falls_back_to_the_python_path():  # whose rescan's se
     assert tok.core == "python"
     assert tok.encode("abab c") == [1 << 70, 1 << 70, 32, 99]
     with pytest.raises(OverflowError):
-        tokenizer(ranks, pattern=r"\S+|\s+", core="c")
+        FastTokenizer(ranks, r"\S+|\s+", core="c")
 
 
 def test_core_argument_and_environment_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="core: expected"):
-        tokenizer(dict(BYTES), pattern=r"\S+", core="rust")
+        FastTokenizer(dict(BYTES), r"\S+", core="rust")
     monkeypatch.setenv("LMSPEC_BPE_FAST_CORE", "python")
     assert tokenizer(dict(BYTES), pattern=r"\S+").core == "python"
-    assert tokenizer(dict(BYTES), pattern=r"\S+", core="c").core == "c"  # the argument wins
+    assert FastTokenizer(dict(BYTES), r"\S+", core="c").core == "c"  # the argument wins
     monkeypatch.setenv("LMSPEC_BPE_FAST_CORE", "rust")
     with pytest.raises(ValueError, match="LMSPEC_BPE_FAST_CORE: expected"):
         tokenizer(dict(BYTES), pattern=r"\S+")
@@ -139,7 +139,7 @@ def cl100k():
 def test_c_and_python_paths_agree_on_cl100k(cl100k):
     ranks, pattern, specials = cl100k
     c = tokenizer(ranks, pattern=pattern, special_tokens=specials)
-    py = tokenizer(ranks, pattern=pattern, special_tokens=specials, core="python")
+    py = FastTokenizer(ranks, pattern, specials, core="python")
     assert (c.core, py.core) == ("c", "python")
     long_word = "x" * 100_000  # one piece past every buffer; near-linear in the C heap too
     for text in (*NASTY_TEXTS, long_word, "".join(NASTY_TEXTS) * 3):
@@ -160,5 +160,5 @@ _tokenizers: dict[str, FastTokenizer] = {}
 
 def _cached(ranks, pattern, which):
     if which not in _tokenizers:
-        _tokenizers[which] = tokenizer(ranks, pattern=pattern, core=which)
+        _tokenizers[which] = FastTokenizer(ranks, pattern, core=which)
     return _tokenizers[which]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from lmspec import reference
 from lmspec.conformance import _check as check
-from lmspec.conformance import _results
+from lmspec.conformance import _inputs, _results
 from lmspec.spec import Case
 from lmspec.spec import _strategies as S
 from lmspec.spec._tolerance import FLOOR_ULPS, floor_for, judge
@@ -42,7 +42,7 @@ PROPERTY = settings(max_examples=max(2, settings().max_examples // 4))
 def _at(arrays, params, ids, dtype=None):
     """Reference (weights, scores) at the given ids: float64, or naive in ``dtype``."""
     if dtype is not None and np.dtype(dtype) == np.float64:
-        return check._modelled_f64(_at(arrays, params, ids), _at(arrays, params, ids, np.float32))
+        return _inputs._modelled_f64(_at(arrays, params, ids), _at(arrays, params, ids, np.float32))
     logits = arrays["logits"] if dtype is None else arrays["logits"].astype(dtype)
     with reference.computing_in(np.float64 if dtype is None else dtype):
         s = R.router_scores(logits, params["score_func"])
@@ -165,7 +165,7 @@ def reference_ids(arrays, params) -> np.ndarray:
 def _grad_at(cts, logits, ids, kw, dtype=None) -> np.ndarray:
     """Reference d logits at the given ids: float64, or naive in ``dtype``."""
     if dtype is not None and np.dtype(dtype) == np.float64:
-        return check._modelled_f64([_grad_at(cts, logits, ids, kw)],
+        return _inputs._modelled_f64([_grad_at(cts, logits, ids, kw)],
                                    [_grad_at(cts, logits, ids, kw, np.float32)])[0]
     if dtype is None:
         return np.asarray(R.vjp_at(cts, logits, ids, **kw), np.float64)

@@ -193,17 +193,44 @@ done:
     return out;
 }
 
+/* back to the state of a new object: what __init__ left half built, or dealloc */
+static void Encoder_clear(Encoder *self) {
+    for (Py_ssize_t i = 0; i < self->count; i++)
+        Py_DECREF(self->slots[i].id);
+    self->count = 0;
+    PyMem_Free(self->slots);
+    PyMem_Free(self->table);
+    PyMem_Free(self->blob);
+    PyMem_Free(self->pair);
+    self->slots = NULL;
+    self->table = NULL;
+    self->blob = NULL;
+    self->pair = NULL;
+    memset(self->byte, 0, sizeof(self->byte));
+    Py_CLEAR(self->cache);
+}
+
+static int Encoder_build(Encoder *self, PyObject *args, PyObject *kwds);
+
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
+    if (self->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder: already initialized");
+        return -1;
+    }
+    if (Encoder_build(self, args, kwds) < 0) {
+        Encoder_clear(self);
+        return -1;
+    }
+    return 0;
+}
+
+static int Encoder_build(Encoder *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"ranks", "cache_max", NULL};
     PyObject *ranks;
     Py_ssize_t cache_max;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!n", kwlist, &PyDict_Type, &ranks,
                                      &cache_max))
         return -1;
-    if (self->slots) {
-        PyErr_SetString(PyExc_RuntimeError, "Encoder: already initialized");
-        return -1;
-    }
     Py_ssize_t count = PyDict_GET_SIZE(ranks), total = 0, pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(ranks, &pos, &key, &value)) {
@@ -271,13 +298,7 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
 }
 
 static void Encoder_dealloc(Encoder *self) {
-    for (Py_ssize_t i = 0; i < self->count; i++)
-        Py_DECREF(self->slots[i].id);
-    PyMem_Free(self->slots);
-    PyMem_Free(self->table);
-    PyMem_Free(self->blob);
-    PyMem_Free(self->pair);
-    Py_XDECREF(self->cache);
+    Encoder_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -307,8 +328,9 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args) {
     Py_ssize_t covered = 0;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(pieces); k++) {
         PyObject *piece = PyList_GET_ITEM(pieces, k);
-        if (!PyUnicode_Check(piece)) {
-            PyErr_Format(PyExc_TypeError, "pieces: expected str, got %s at %zd",
+        if (!PyUnicode_CheckExact(piece)) { /* a subclass's __hash__ or __eq__ could run code
+                                               * that frees it while it is borrowed here */
+            PyErr_Format(PyExc_TypeError, "pieces: expected str (not a subclass), got %s at %zd",
                          Py_TYPE(piece)->tp_name, k);
             goto fail;
         }
@@ -559,10 +581,14 @@ static PyObject *core_split(PyObject *Py_UNUSED(module), PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "preset: expected 0 to %d, got %d",
                             N_PRESETS - 1, preset);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (endpos < 0)
+        return PyErr_Format(PyExc_ValueError, "endpos: expected >= 0, got %zd", endpos);
     if (endpos > n)
         endpos = n;
     if (pos < 0 || pos > endpos)
         return PyErr_Format(PyExc_ValueError, "pos: expected 0 to %zd, got %zd", endpos, pos);
+    if (stop < pos)
+        stop = pos; /* no piece starts before it */
     /* x indexes text[pos:endpos]: the str's own bytes, or an ASCII copy of a wider str */
     int kind = PyUnicode_KIND(text);
     const void *data = PyUnicode_DATA(text);

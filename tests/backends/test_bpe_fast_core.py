@@ -84,10 +84,26 @@ def test_encode_looks_up_whole_pieces_merges_the_rest_and_checks_the_tiling():
     assert enc.encode([], 0) == []
 
 
+def test_encode_takes_a_whole_piece_that_merging_cannot_reach():
+    """tiktoken's shortcut: a piece that is a token is that token, even where BPE of its bytes
+    cannot get there (no pair of 'abc' is a token)."""
+    ranks = dict(BYTES) | {b"abc": 300}
+    enc = core.Encoder(ranks, 4)
+    assert enc.merge(b"abc") == [97, 98, 99]
+    assert enc.encode(["abc", "xabc"], 7) == [300, 120, 97, 98, 99]
+
+
 def test_encode_and_merge_reject_bad_input_by_name():
     enc = core.Encoder(dict(BYTES), 4)
     with pytest.raises(TypeError, match="pieces: expected str"):
         enc.encode(["a", b"b"], 2)
+
+    class Piece(str):  # its __hash__ could free what encode borrows: refused outright
+        def __hash__(self):
+            return 1
+
+    with pytest.raises(TypeError, match="not a subclass"):
+        enc.encode([Piece("ab")], 2)
     with pytest.raises(TypeError):
         enc.encode(("a",), 1)  # a list, as findall returns
     with pytest.raises(TypeError, match="piece: expected bytes"):
@@ -104,6 +120,15 @@ def test_encode_and_merge_reject_bad_input_by_name():
         core.Encoder(dict(BYTES) | {b"ab": 1 << 63}, 4)
     with pytest.raises(RuntimeError, match="not initialized"):
         core.Encoder.__new__(core.Encoder).merge(b"a")
+    half = core.Encoder.__new__(core.Encoder)  # an __init__ that fails leaves nothing behind
+    with pytest.raises(ValueError, match="every single byte"):
+        half.__init__({b"a": 0}, 4)
+    with pytest.raises(RuntimeError, match="not initialized"):
+        half.merge(b"a")
+    half.__init__(dict(BYTES), 4)
+    assert half.merge(b"ab") == [97, 98]
+    with pytest.raises(RuntimeError, match="already initialized"):
+        half.__init__(dict(BYTES), 4)
 
 
 def test_a_rank_past_int64_falls_back_to_the_python_path():  # whose rescan's sentinel is 2**62

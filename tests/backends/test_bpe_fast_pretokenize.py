@@ -157,5 +157,9 @@ def test_scanner_arguments_are_checked():
         _core.split("ab", 3)
     with pytest.raises(ValueError, match="pos: expected 0 to 2"):
         _core.split("ab", 1, 3)
+    with pytest.raises(ValueError, match="endpos: expected >= 0"):
+        _core.split("ab", 1, 0, -5)
+    assert _core.split("abc d", 1, 1, 5, -(1 << 63)) == []  # a stop before pos: no piece
+    assert _core.split("abc d", 1, 1, 5, 1 << 62) == ["bc", " d"]
     with pytest.raises(TypeError):
         _core.split(b"ab", 1)

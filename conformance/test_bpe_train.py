@@ -64,7 +64,9 @@ def test_merges_equal_the_reference(target, case):
     compare(target, got, R.bpe_train(**case.params), case.params)
 
 
-@pytest.mark.parametrize("pattern", (GPT2_LIKE, r"\S+|\s+"), ids=("gpt2_like", "spaces"))
+# "groups": a pattern with capture groups, whose pieces are still the whole matches
+@pytest.mark.parametrize("pattern", (GPT2_LIKE, r"\S+|\s+", r"( ?)(\p{L}+)|\S|\s"),
+                         ids=("gpt2_like", "spaces", "groups"))
 def test_merges_equal_the_reference_on_a_real_corpus(target, pattern):
     params = dict(texts=CORPUS, vocab_size=420, pattern=pattern,
                   special_tokens=("<|endoftext|>",))

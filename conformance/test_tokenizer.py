@@ -112,6 +112,22 @@ def test_nasty_text(target, name):
                     r.encode(text, allowed_special="all"), "encode(allowed_special='all')")
 
 
+# patterns with capture groups: a piece is the whole match, not its groups (re's findall gives
+# the groups); both tile every text
+GROUPED = (r"(\S+)|\s+", r"( ?)(\p{L}+)|\S|\s")
+
+
+@pytest.mark.parametrize("pattern", GROUPED)
+def test_pieces_are_whole_matches_whatever_the_groups(target, pattern):
+    check.require_impl(target, STEM)
+    ranks = vocab("trained")[0]
+    tok = call(target, target.backend.fn(STEM), ranks, pattern=pattern)
+    r = R.tokenizer(ranks, pattern=pattern)
+    for text in [*CORPUS, "ab cd", " x  y"]:
+        expect_same(target, "trained", None, call(target, tok.encode_ordinary, text),
+                    r.encode_ordinary(text), f"encode_ordinary, pattern {pattern!r}")
+
+
 @given(text=texts(), name=st.sampled_from(VOCABS))
 def test_matches_reference_on_random_text(target, text, name):
     tok = build(target, name)

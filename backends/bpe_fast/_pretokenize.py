@@ -29,6 +29,7 @@ checks the class narrowing character by character and the split against the refe
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from functools import cache
 
@@ -89,10 +90,24 @@ SCANNERS = {PRESETS[name].pattern: k for k, name in enumerate(("gpt2", "cl100k_b
                                                               "o200k_base"))}
 
 
+def matches(pattern: str) -> Callable[..., list[str]]:
+    """``findall(text, pos, endpos)`` of the whole matches: findall itself gives a pattern's
+    groups where it has any."""
+    compiled = regex.compile(pattern)
+    if not compiled.groups:
+        return compiled.findall
+    finditer = compiled.finditer
+
+    def findall(text: str, pos: int = 0, endpos: int = sys.maxsize) -> list[str]:
+        return [m.group() for m in finditer(text, pos, endpos)]
+
+    return findall
+
+
 def splitter(pattern: str, core=None) -> Callable[[str], list[str]]:
     """The pieces of a text under ``pattern`` (whose matches must tile it; the caller checks).
     core: the compiled core (_core), whose scanners then take the ASCII stretches."""
-    full = regex.compile(pattern).findall
+    full = matches(pattern)
     boundary = BOUNDARIES.get(pattern)
     if boundary is None:
         return full

@@ -9,17 +9,18 @@ from heapq import heapify, heappop, heappush
 
 import regex
 
+from lmspec.backends.bpe_fast._pretokenize import matches
 from lmspec.spec.bpe_train import BPEModel, check_args
 
 
 def _words(texts: Sequence[str], pattern: str, special_tokens: Sequence[str]) -> Counter:
     pieces: Counter = Counter()
-    rx = regex.compile(pattern)
+    findall = matches(pattern)  # whole matches, whatever groups the pattern has
     cut = regex.compile("|".join(regex.escape(s) for s in special_tokens)) if special_tokens \
         else None
     for text in texts:
         for segment in (cut.split(text) if cut else (text,)):
-            found = rx.findall(segment)
+            found = findall(segment)
             if sum(map(len, found)) != len(segment):
                 from lmspec.reference.tokenizer import pretokenize
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 import regex
 
-from lmspec.backends.bpe_fast._pretokenize import splitter
+from lmspec.backends.bpe_fast._pretokenize import matches, splitter
 from lmspec.spec.tokenizer import SpecialSet, check_args, check_encode_args, check_ids
 
 _CACHE_MAX = 1 << 18  # pieces; real text repeats them heavily
@@ -98,6 +98,7 @@ class FastTokenizer:
                  core: Literal["c", "python"] | None = None):
         self._ranks = dict(ranks)
         self._regex = regex.compile(pattern)
+        self._matches = matches(pattern)
         self.special_tokens = dict(special_tokens or {})
         self._decoder = {i: t for t, i in self._ranks.items()}
         self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
@@ -105,7 +106,7 @@ class FastTokenizer:
         self._max_rank = max(self._ranks.values())
         if core not in (None, "c", "python"):
             raise ValueError(f"core: expected 'c', 'python' or None, got {core!r}")
-        asked = core
+        asked = core or os.environ.get("LMSPEC_BPE_FAST_CORE")  # asked for, or the default
         core = core or _default_core()
         if core == "c" and _core is None:
             raise ValueError("core: 'c' asked for, but lmspec was installed without its "
@@ -115,7 +116,7 @@ class FastTokenizer:
             try:
                 self._encoder = _core.Encoder(self._ranks, _CACHE_MAX)
             except OverflowError:  # a rank past 2**63: the Python path has no such limit
-                if asked == "c":
+                if asked == "c":  # asked for by name: say so rather than fall back
                     raise
         # the Python path: whole pieces that are one token, by their text (a piece's UTF-8 is
         # a token iff its text is the token's decoded text), and the pieces that took merging
@@ -148,13 +149,15 @@ class FastTokenizer:
                 return ids
         elif sum(map(len, pieces)) == len(text):  # non-overlapping matches tile iff they cover
             return self._from_pieces(pieces)
-        pieces = self._regex.findall(text)  # the plain path (the fast split is tested)
+        pieces = self._matches(text)  # the plain path (the fast split is tested)
         if sum(map(len, pieces)) != len(text):
             from lmspec.reference.tokenizer import pretokenize
 
             pretokenize(text, self._regex.pattern)  # raises, naming the unmatched text
-        return self._encoder.encode(pieces, len(text)) if self._encoder is not None \
-            else self._from_pieces(pieces)
+            raise AssertionError("bpe_fast: pieces that do not tile, yet the reference's do")
+        if self._encoder is None:
+            return self._from_pieces(pieces)
+        return self._encoder.encode(pieces, len(text))  # they tile: never None here
 
     def _from_pieces(self, pieces: list[str]) -> list[int]:
         """The Python path of the per-piece work (_core.c's ``encode``)."""

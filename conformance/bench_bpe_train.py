@@ -43,7 +43,8 @@ def test_bpe_train(benchmark, backend, shape):
     fn = backend.fn("bpe_train")
     kwargs = {"vocab_size": vocab_size, "pattern": PRESETS["cl100k_base"].pattern,
               "special_tokens": ("<|endoftext|>",)}
-    benchmark.extra_info.update(impl=backend.name, bytes=sum(len(t.encode()) for t in texts))
+    benchmark.extra_info.update(impl=backend.name, bytes=sum(len(t.encode()) for t in texts),
+                                dtype="-")  # dtype-free
     slow = backend.name == "reference"
     benchmark.pedantic(lambda: fn(texts, **kwargs), rounds=1 if slow else ROUNDS,
                        iterations=1, warmup_rounds=0)

@@ -79,7 +79,7 @@ def test_tokenizer(benchmark, impl, shape):
             benchmark.extra_info["core"] = tok.core
         return (tok, next(chunks)), {}
 
-    benchmark.extra_info.update(impl=impl_name, bytes=n_bytes)
+    benchmark.extra_info.update(impl=impl_name, bytes=n_bytes, dtype="-")  # dtype-free
     rounds = SLOW_ROUNDS if backend.name == "reference" else ROUNDS
     benchmark.pedantic(lambda tok, text: tok.encode_ordinary(text), setup=fresh,
                        rounds=rounds, iterations=1, warmup_rounds=0)

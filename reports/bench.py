@@ -63,19 +63,21 @@ def rows_from_json(data: dict, quick: bool) -> list[dict[str, Any]]:
                        f"({os.cpu_count()} cpus)", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "version": _version(), "quick": quick}
     medians: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    dtypes: dict[tuple[str, str], str] = {}  # a bench module names it ("-": dtype-free)
     rows = []
     for b in data.get("benchmarks", []):
         comp, shape = _shape_of(b)
         impl = b.get("extra_info", {}).get("impl", b["name"])
+        dtype = dtypes[(comp, shape)] = b.get("extra_info", {}).get("dtype", "float32")
         metrics = b.get("extra_info", {}).get("metrics")
         if metrics:  # a measurement that is not a timing (peak bytes, MB/s): rows as given
-            rows += [{"component": comp, "backend": impl, "shape": shape, "dtype": "float32",
+            rows += [{"component": comp, "backend": impl, "shape": shape, "dtype": dtype,
                       "metric": name, "value": float(value), **meta}
                      for name, value in sorted(metrics.items())]
             continue
         med = float(b["stats"]["median"])
         medians[(comp, shape)][impl] = med
-        rows.append({"component": comp, "backend": impl, "shape": shape, "dtype": "float32",
+        rows.append({"component": comp, "backend": impl, "shape": shape, "dtype": dtype,
                      "metric": "median_s", "value": med, **meta})
     for (comp, shape), by_impl in sorted(medians.items()):
         for impl, med in sorted(by_impl.items()):
@@ -89,15 +91,15 @@ def rows_from_json(data: dict, quick: bool) -> list[dict[str, Any]]:
                              and g.baseline == base and g.shape in (None, shape)), None)
                 verdict = "" if gate is None else ("PASS" if ratio >= gate.min_ratio else "FAIL")
                 rows.append({"component": comp, "backend": impl, "shape": shape,
-                             "dtype": "float32",
+                             "dtype": dtypes[(comp, shape)],
                              "metric": f"speedup_vs_{base.removeprefix('peer:')}",
                              "value": ratio, "gate": f">= {gate.min_ratio:g}" if gate else "",
                              "verdict": verdict, **meta})
-        rows += _impl_gate_rows(comp, shape, by_impl, GATES, meta)
+        rows += _impl_gate_rows(comp, shape, dtypes[(comp, shape)], by_impl, GATES, meta)
     return rows
 
 
-def _impl_gate_rows(comp: str, shape: str, by_impl: dict[str, float], gates,
+def _impl_gate_rows(comp: str, shape: str, dtype: str, by_impl: dict[str, float], gates,
                     meta: dict) -> list[dict[str, Any]]:
     """Rows for gates whose baseline is another impl of ours ("impl:<label>"), at one shape of
     one component; a gate whose two impls were not both timed there gives no row."""
@@ -108,7 +110,7 @@ def _impl_gate_rows(comp: str, shape: str, by_impl: dict[str, float], gates,
                 or g.shape not in (None, shape) or g.impl not in by_impl or base not in by_impl):
             continue
         ratio = by_impl[base] / by_impl[g.impl]  # > 1: impl is faster than base
-        rows.append({"component": comp, "backend": g.impl, "shape": shape, "dtype": "float32",
+        rows.append({"component": comp, "backend": g.impl, "shape": shape, "dtype": dtype,
                      "metric": f"speedup_vs_{base}", "value": ratio,
                      "gate": f">= {g.min_ratio:g}",
                      "verdict": "PASS" if ratio >= g.min_ratio else "FAIL", **meta})

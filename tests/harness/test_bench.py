@@ -62,3 +62,18 @@ def test_measurements_that_are_not_timings_become_rows_of_their_own():
     assert {(r["metric"], r["backend"]) for r in rows} == {
         ("peak_bytes", "materialized/torch"), ("peak_bytes", "torch_triton")}
     assert memory_table(rows) == [["materialized/torch", 1024, 128.0], ["torch_triton", 1024, 2.0]]
+
+
+def test_a_dtype_free_benchmark_says_so_in_every_row():
+    """The tokenizer's rows are not float32: the bench module names the dtype ("-")."""
+    def tok(impl, median):
+        return {"name": f"test_tokenizer[{impl}-cl100k-1024KiB]",
+                "params": {"shape": ["cl100k-1024KiB", "cl100k", 1 << 20]},
+                "extra_info": {"impl": impl, "dtype": "-"}, "stats": {"median": median}}
+
+    rows = rows_from_json({"benchmarks": [tok("reference", 0.4), tok("bpe_fast", 0.05)]},
+                          quick=False)
+    assert {r["metric"] for r in rows} == {"median_s", "speedup_vs_reference"}
+    assert {r["dtype"] for r in rows} == {"-"}
+    assert rows_from_json({"benchmarks": [_bench("sdpa", "reference", 2.0)]},
+                          quick=False)[0]["dtype"] == "float32"  # the default, for the rest

@@ -471,6 +471,29 @@ static Py_ssize_t contraction(const Text *x, Py_ssize_t i, int fold) {
     return 0;
 }
 
+/* \p{N}{1,3}+ at a digit: its end */
+static Py_ssize_t digits3(const Text *x, Py_ssize_t i) {
+    Py_ssize_t e = run(x, i, K_DIGIT);
+    return e - i > 3 ? i + 3 : e;
+}
+
+/* ' ?[^\s\p{L}\p{N}]++' then a run of \r and \n (and '/' where slash) at i: its end, or 0 */
+static Py_ssize_t punctuation(const Text *x, Py_ssize_t i, int slash) {
+    Py_ssize_t k = at(x, i) == ' ' && (kind(x, i + 1) & K_OTHER) ? i + 1 : i;
+    if (!(kind(x, k) & K_OTHER))
+        return 0;
+    Py_ssize_t e = run(x, k, K_OTHER);
+    while (is_crlf(at(x, e)) || (slash && at(x, e) == '/'))
+        e++;
+    return e;
+}
+
+/* [^\r\n\p{L}\p{N}]? before a letter at i: 1 when there is one, else 0 */
+static int letter_prefix(const Text *x, Py_ssize_t i) {
+    return (kind(x, i) & (K_SPACE | K_OTHER)) && !is_crlf(at(x, i)) &&
+           (kind(x, i + 1) & K_LETTER);
+}
+
 /* gpt2: '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s */
 static Py_ssize_t gpt2_piece(const Text *x, Py_ssize_t i) {
     Py_ssize_t e = contraction(x, i, 0);
@@ -502,22 +525,13 @@ static Py_ssize_t cl100k_piece(const Text *x, Py_ssize_t i) {
     Py_ssize_t e = contraction(x, i, 1);
     if (e)
         return e;
-    int kd = kind(x, i), c = at(x, i);
-    if (kd & K_LETTER)
-        return run(x, i, K_LETTER);
-    if ((kd & (K_SPACE | K_OTHER)) && !is_crlf(c) && (kind(x, i + 1) & K_LETTER))
-        return run(x, i + 1, K_LETTER);
-    if (kd & K_DIGIT) {
-        e = run(x, i, K_DIGIT);
-        return e - i > 3 ? i + 3 : e;
-    }
-    Py_ssize_t k = c == ' ' && (kind(x, i + 1) & K_OTHER) ? i + 1 : i;
-    if (kind(x, k) & K_OTHER) {
-        e = run(x, k, K_OTHER);
-        while (is_crlf(at(x, e)))
-            e++;
+    Py_ssize_t p = i + letter_prefix(x, i);
+    if (kind(x, p) & K_LETTER)
+        return run(x, p, K_LETTER);
+    if (kind(x, i) & K_DIGIT)
+        return digits3(x, i);
+    if ((e = punctuation(x, i, 0)))
         return e;
-    }
     e = run(x, i, K_SPACE);
     if (e == x->end)
         return e; /* \s++$ */
@@ -539,25 +553,15 @@ static Py_ssize_t o200k_suffix(const Text *x, Py_ssize_t e) {
  * On ASCII the first two read: an optional prefix, then uppers and lowers; either way a letter
  * must follow the prefix, and the first branch fails only where no lower follows the uppers. */
 static Py_ssize_t o200k_piece(const Text *x, Py_ssize_t i) {
-    int kd = kind(x, i), c = at(x, i);
-    Py_ssize_t p = (kd & (K_SPACE | K_OTHER)) && !is_crlf(c) && (kind(x, i + 1) & K_LETTER)
-                       ? i + 1 : i;
+    Py_ssize_t p = i + letter_prefix(x, i), e;
     if (kind(x, p) & K_LETTER) {
         Py_ssize_t u = run(x, p, K_UPPER), l = run(x, u, K_LOWER);
         return o200k_suffix(x, l);
     }
-    Py_ssize_t e;
-    if (kd & K_DIGIT) {
-        e = run(x, i, K_DIGIT);
-        return e - i > 3 ? i + 3 : e;
-    }
-    Py_ssize_t k = c == ' ' && (kind(x, i + 1) & K_OTHER) ? i + 1 : i;
-    if (kind(x, k) & K_OTHER) {
-        e = run(x, k, K_OTHER);
-        while (is_crlf(at(x, e)) || at(x, e) == '/')
-            e++;
+    if (kind(x, i) & K_DIGIT)
+        return digits3(x, i);
+    if ((e = punctuation(x, i, 1)))
         return e;
-    }
     e = run(x, i, K_SPACE);
     Py_ssize_t crlf = past_last_crlf(x, i, e);
     if (crlf)

@@ -46,6 +46,7 @@ from lmspec.reference.tokenizer import (
     load_preset,
     load_tiktoken,
     pretokenize,
+    save_gpt2,
     save_hf_json,
     save_tiktoken,
     tokenizer,
@@ -65,5 +66,5 @@ __all__ = [
     "rms_norm_vjp", "rope", "rope_frequencies", "rope_vjp", "sdpa", "sdpa_vjp", "softmax",
     "softmax_vjp", "swiglu", "swiglu_vjp", "visible",
     "bpe_train", "tokenizer", "StreamDecoder", "bpe_encode_piece", "load_gpt2", "load_hf_json",
-    "load_preset", "load_tiktoken", "pretokenize", "save_hf_json", "save_tiktoken",
+    "load_preset", "load_tiktoken", "pretokenize", "save_gpt2", "save_hf_json", "save_tiktoken",
 ]

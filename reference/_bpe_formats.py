@@ -8,6 +8,8 @@ import base64
 import gzip
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -48,6 +50,19 @@ def _to_bytes(text: str, where: str) -> bytes:
         raise ValueError(f"{where}: {text!r} is not a byte-level token ({e})") from None
 
 
+def _write(path: str | Path, data: bytes) -> None:
+    """Write all of ``data`` or nothing: a temporary file beside ``path``, then a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 # ----------------------------------------------------------------------------- tiktoken files
 
 
@@ -77,20 +92,26 @@ def save_tiktoken(ranks: Mapping[bytes, int], path: str | Path) -> None:
     """Write ranks as tiktoken does (``dump_tiktoken_bpe``): sorted by rank."""
     lines = [base64.b64encode(tok) + b" " + str(rank).encode()
              for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
-    Path(path).write_bytes(b"".join(line + b"\n" for line in lines))
+    _write(path, b"".join(line + b"\n" for line in lines))
 
 
 # ----------------------------------------------------------------------------- GPT-2 files
 
 
+def _data_gym_order() -> list[int]:
+    """The bytes in the order of their GPT-2 ids: printable ones in byte order, then the rest."""
+    table = bytes_to_unicode()
+    return [b for b in range(256) if table[b] == chr(b)] + [
+        b for b in range(256) if table[b] != chr(b)]
+
+
 def load_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> dict[bytes, int]:
     """GPT-2's ``encoder.json`` + ``vocab.bpe`` -> ranks, as tiktoken's
     ``data_gym_to_mergeable_bpe_ranks``: single bytes first (printable ones in byte order,
-    then the rest), then one token per merge line in order; checked against encoder.json."""
-    table = bytes_to_unicode()
-    order = [b for b in range(256) if table[b] == chr(b)] + [
-        b for b in range(256) if table[b] != chr(b)]
-    ranks = {bytes([b]): i for i, b in enumerate(order)}
+    then the rest), then one token per merge line in order; checked against encoder.json,
+    whose ids past the last merge are special tokens (GPT-2's '<|endoftext|>' 50256), not
+    returned here."""
+    ranks = {bytes([b]): i for i, b in enumerate(_data_gym_order())}
     lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:]
     for n, line in enumerate(lines, 2):
         if not line:
@@ -101,10 +122,42 @@ def load_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> dict[bytes, in
         ranks[_to_bytes(parts[0], "vocab_bpe") + _to_bytes(parts[1], "vocab_bpe")] = len(ranks)
     encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
     loaded = {_to_bytes(k, "encoder_json"): v for k, v in encoder.items()
-              if k not in ("<|endoftext|>", "<|startoftext|>")}
+              if not (isinstance(v, int) and v >= len(ranks))}
     if loaded != ranks:
         raise ValueError("encoder_json: its ids disagree with the merges of vocab_bpe")
     return ranks
+
+
+def save_gpt2(ranks: Mapping[bytes, int], encoder_json: str | Path, vocab_bpe: str | Path, *,
+              special_tokens: Mapping[str, int] | None = None) -> None:
+    """Write ranks as GPT-2's ``encoder.json`` + ``vocab.bpe``, which ``load_gpt2``, tiktoken's
+    data_gym loader and HF's GPT-2 tokenizers read. The format fixes the ids: the single bytes
+    take 0..255 in data_gym's order (``load_gpt2``), each other token is one merge line, id
+    256 + its line; special tokens follow in encoder.json. Ranks laid out otherwise (a
+    vocabulary trained here gives byte b id b) raise ValueError: ``save_tiktoken`` and
+    ``save_hf_json`` keep any ids. Both files are checked and made before either is written,
+    each atomically."""
+    order = _data_gym_order()
+    for i, b in enumerate(order):
+        if ranks.get(bytes([b])) != i:
+            raise ValueError(
+                f"ranks: GPT-2's files give byte {b} the id {i} (data_gym's order: printable "
+                f"bytes first), this vocabulary {ranks.get(bytes([b]))}; save_tiktoken or "
+                "save_hf_json keep any ids")
+    merged = sorted(r for t, r in ranks.items() if len(t) > 1)
+    if merged != list(range(256, 256 + len(merged))):
+        raise ValueError("ranks: GPT-2's files number the merged tokens 256, 257, ... without "
+                         "gaps; this vocabulary does not")
+    lines = [f"{_to_str(a)} {_to_str(b)}" for a, b in merges_of(ranks)]  # rank order
+    encoder = {_to_str(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])}
+    for text, sid in sorted((special_tokens or {}).items(), key=lambda kv: kv[1]):
+        if sid < len(ranks) or text in encoder:
+            raise ValueError(f"special_tokens: {text!r} {sid} collides with a token; GPT-2's "
+                             f"files put special tokens after the last one ({len(ranks) - 1})")
+        encoder[text] = sid
+    bpe = "#version: 0.2\n" + "".join(line + "\n" for line in lines)
+    _write(vocab_bpe, bpe.encode("utf-8"))
+    _write(encoder_json, json.dumps(encoder, ensure_ascii=False).encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------- HF tokenizer.json
@@ -156,7 +209,7 @@ def save_hf_json(ranks: Mapping[bytes, int], path: str | Path, *, pattern: str,
                     "use_regex": True},
         "model": model,
     }
-    Path(path).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    _write(path, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
 
 
 def _hf_pattern(pre: Mapping | None) -> str:

@@ -17,6 +17,7 @@ from lmspec.reference._bpe_formats import (  # noqa: F401  (re-exported)
     load_preset,
     load_tiktoken,
     merges_of,
+    save_gpt2,
     save_hf_json,
     save_tiktoken,
 )

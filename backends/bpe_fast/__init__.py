@@ -6,7 +6,8 @@ and the cuts of mixed text are proven there), then the per-piece work in C (_cor
 install by setup.py; optional): whole pieces looked up in a hash table of the vocabulary's
 bytes (tiktoken's whole-piece shortcut), the rest merged with a heap over a linked list and
 kept in a bounded cache. Without a C compiler the same per-piece work runs in Python
-(tokenizer.py; ``tokenizer(..., core="python")`` asks for it).
+(tokenizer.py; ``FastTokenizer(..., core="python")`` or ``LMSPEC_BPE_FAST_CORE=python`` asks
+for it).
 Trainer: incremental pair counts with an index of the words where each pair occurs and a
 lazy-deletion heap; it produces exactly the reference's merges. Dtype-free: ``DTYPES = ()``.
 """

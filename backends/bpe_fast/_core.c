@@ -326,10 +326,10 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args) {
     if (!out)
         return NULL;
     Py_ssize_t covered = 0;
+    PyObject *piece = NULL; /* held while in use: code run by the GC could change the list */
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(pieces); k++) {
-        PyObject *piece = PyList_GET_ITEM(pieces, k);
-        if (!PyUnicode_CheckExact(piece)) { /* a subclass's __hash__ or __eq__ could run code
-                                               * that frees it while it is borrowed here */
+        Py_XSETREF(piece, Py_NewRef(PyList_GET_ITEM(pieces, k)));
+        if (!PyUnicode_CheckExact(piece)) { /* a subclass's __hash__ or __eq__ could run code */
             PyErr_Format(PyExc_TypeError, "pieces: expected str (not a subclass), got %s at %zd",
                          Py_TYPE(piece)->tp_name, k);
             goto fail;
@@ -366,12 +366,14 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args) {
         if (err < 0)
             goto fail;
     }
+    Py_XDECREF(piece);
     if (covered != total) {
         Py_DECREF(out);
         Py_RETURN_NONE;
     }
     return out;
 fail:
+    Py_XDECREF(piece);
     Py_DECREF(out);
     return NULL;
 }

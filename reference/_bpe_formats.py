@@ -50,16 +50,26 @@ def _to_bytes(text: str, where: str) -> bytes:
         raise ValueError(f"{where}: {text!r} is not a byte-level token ({e})") from None
 
 
-def _write(path: str | Path, data: bytes) -> None:
-    """Write all of ``data`` or nothing: a temporary file beside ``path``, then a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _write(*files: tuple[str | Path, bytes]) -> None:
+    """Write each (path, data) whole or not at all: all of them to temporary files beside their
+    paths first, then one rename each (so a failure while writing leaves every path as it
+    was). The files get the mode a plain write would (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    temps = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~umask)
+                f.write(data)
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
 
 
@@ -92,7 +102,7 @@ def save_tiktoken(ranks: Mapping[bytes, int], path: str | Path) -> None:
     """Write ranks as tiktoken does (``dump_tiktoken_bpe``): sorted by rank."""
     lines = [base64.b64encode(tok) + b" " + str(rank).encode()
              for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
-    _write(path, b"".join(line + b"\n" for line in lines))
+    _write((path, b"".join(line + b"\n" for line in lines)))
 
 
 # ----------------------------------------------------------------------------- GPT-2 files
@@ -135,8 +145,8 @@ def save_gpt2(ranks: Mapping[bytes, int], encoder_json: str | Path, vocab_bpe: s
     take 0..255 in data_gym's order (``load_gpt2``), each other token is one merge line, id
     256 + its line; special tokens follow in encoder.json. Ranks laid out otherwise (a
     vocabulary trained here gives byte b id b) raise ValueError: ``save_tiktoken`` and
-    ``save_hf_json`` keep any ids. Both files are checked and made before either is written,
-    each atomically."""
+    ``save_hf_json`` keep any ids. Both files are checked and written to temporary files
+    before either replaces its path."""
     order = _data_gym_order()
     for i, b in enumerate(order):
         if ranks.get(bytes([b])) != i:
@@ -156,8 +166,8 @@ def save_gpt2(ranks: Mapping[bytes, int], encoder_json: str | Path, vocab_bpe: s
                              f"files put special tokens after the last one ({len(ranks) - 1})")
         encoder[text] = sid
     bpe = "#version: 0.2\n" + "".join(line + "\n" for line in lines)
-    _write(vocab_bpe, bpe.encode("utf-8"))
-    _write(encoder_json, json.dumps(encoder, ensure_ascii=False).encode("utf-8"))
+    _write((vocab_bpe, bpe.encode("utf-8")),
+           (encoder_json, json.dumps(encoder, ensure_ascii=False).encode("utf-8")))
 
 
 # ----------------------------------------------------------------------------- HF tokenizer.json
@@ -209,7 +219,7 @@ def save_hf_json(ranks: Mapping[bytes, int], path: str | Path, *, pattern: str,
                     "use_regex": True},
         "model": model,
     }
-    _write(path, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    _write((path, json.dumps(doc, ensure_ascii=False).encode("utf-8")))
 
 
 def _hf_pattern(pre: Mapping | None) -> str:

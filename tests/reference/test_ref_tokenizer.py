@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
+import stat
 from functools import cache
 
 import pytest
@@ -294,7 +297,7 @@ def test_gpt2_files_refuse_ids_they_cannot_hold(tmp_path):
     gap = {t: r + (r >= 300) for t, r in gpt2.items()}
     with pytest.raises(ValueError, match="without gaps"):
         R.save_gpt2(gap, enc, bpe)
-    with pytest.raises(ValueError, match="special_tokens: '<|x|>' 5"):
+    with pytest.raises(ValueError, match=re.escape("special_tokens: '<|x|>' 5 collides")):
         R.save_gpt2(gpt2, enc, bpe, special_tokens={"<|x|>": 5})
     assert bpe.read_text() == "keep me" and not enc.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp
@@ -337,6 +340,11 @@ def test_vocabulary_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch)
     def fail(src, dst):
         raise OSError("disk full")
 
+    umask = os.umask(0o022)
+    os.umask(umask)
+    R.save_tiktoken(_trained().ranks, path)  # the mode a plain write gives, not mkstemp's 0600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    path.write_bytes(b"old")
     monkeypatch.setattr(formats.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         R.save_tiktoken(_trained().ranks, path)

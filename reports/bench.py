@@ -77,8 +77,10 @@ def rows_from_json(data: dict, quick: bool) -> list[dict[str, Any]]:
             continue
         med = float(b["stats"]["median"])
         medians[(comp, shape)][impl] = med
+        # which code path the timing is of, where a backend has several (bpe_fast's core)
+        path = {"core": b["extra_info"]["core"]} if "core" in b.get("extra_info", {}) else {}
         rows.append({"component": comp, "backend": impl, "shape": shape, "dtype": dtype,
-                     "metric": "median_s", "value": med, **meta})
+                     "metric": "median_s", "value": med, **path, **meta})
     for (comp, shape), by_impl in sorted(medians.items()):
         for impl, med in sorted(by_impl.items()):
             if impl == "reference" or impl.startswith("peer:"):

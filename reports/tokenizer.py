@@ -35,6 +35,14 @@ def throughput(bench_rows: list[dict]) -> dict[str, dict[str, float]]:
     return dict(out)
 
 
+def cores(bench_rows: list[dict]) -> dict[str, str]:
+    """{impl: the core its encode timings ran on} (bpe_fast: "c", or "python" where its C core
+    was not built), so that the table never passes one path's figures off as the other's."""
+    return {r["backend"]: str(r["core"]) for r in bench_rows
+            if r.get("component") == "tokenizer" and r.get("metric") == "median_s"
+            and "core" in r}
+
+
 def train_times(bench_rows: list[dict]) -> dict[str, dict[str, float]]:
     """{shape: {impl: median seconds}} of the bpe_train benchmark."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
@@ -168,10 +176,12 @@ def section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None:
         return None
     parts: list[tuple[str, list[list[Any]], list[str]]] = []
     impls = sorted({i for v in mbps.values() for i in v})
+    core = cores(bench_rows)
     if mbps:
         parts.append(("Encode throughput (MB/s = 10^6 bytes / median s; fresh object and "
                       "unseen text per round, single-threaded)",
-                      [[i, *(mbps[s].get(i, "") for s in sorted(mbps))] for i in impls],
+                      [[f"{i} ({core[i]} core)" if i in core else i,
+                        *(mbps[s].get(i, "") for s in sorted(mbps))] for i in impls],
                       ["impl", *sorted(mbps)]))
         parts.append(("Serving gate: the fastest conforming backend (the reference "
                       "excluded) >= tiktoken", serving_gate(mbps, conf),

@@ -73,6 +73,11 @@ def test_a_dtype_free_benchmark_says_so_in_every_row():
 
     rows = rows_from_json({"benchmarks": [tok("reference", 0.4), tok("bpe_fast", 0.05)]},
                           quick=False)
+    assert not any("core" in r for r in rows)  # a timing says its core only when told
+    told = tok("bpe_fast", 0.05)
+    told["extra_info"]["core"] = "python"
+    (row,) = rows_from_json({"benchmarks": [told]}, quick=False)
+    assert row["core"] == "python"
     assert {r["metric"] for r in rows} == {"median_s", "speedup_vs_reference"}
     assert {r["dtype"] for r in rows} == {"-"}
     assert rows_from_json({"benchmarks": [_bench("sdpa", "reference", 2.0)]},

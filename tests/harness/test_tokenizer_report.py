@@ -77,6 +77,15 @@ def test_disagreements_list_failures_with_causes_and_unsupported_reasons():
     assert "UnicodeEncodeError" in rows[0][3] and "errors='replace'" in rows[1][3]
 
 
+def test_throughput_names_the_core_a_timing_ran_on(tmp_path):
+    """bpe_fast's Python fallback must not be read as its C core: the row says which ran."""
+    rows = [dict(r, core="python") if r["backend"] == "bpe_fast" else r for r in BENCH]
+    assert section.cores(rows) == {"bpe_fast": "python"}
+    md, _ = section.section(tmp_path, rows)
+    assert "| bpe_fast (python core)" in md
+    assert "(c core)" not in section.section(tmp_path, BENCH)[0]  # no core: no claim
+
+
 def test_section_renders_into_the_report(tmp_path):
     (tmp_path / "conformance.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CONF))
     (tmp_path / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in BENCH))

@@ -1,6 +1,7 @@
-"""bpe_fast encoder (spec/tokenizer.py): pre-tokenization on stdlib ``re`` for ASCII text with the
-preset patterns (_pretokenize.py), then per piece: the token it is, or a merge, cached. That
-per-piece work runs in the compiled core (_core.c) when it was built, else here in Python (a
+"""bpe_fast encoder (spec/tokenizer.py): pre-tokenization of the presets' ASCII text by the
+compiled core's scanners, or stdlib ``re`` without it (_pretokenize.py), then per piece: the
+token it is, or a merge, cached. That per-piece work runs in the compiled core (_core.c) when
+it was built, else here in Python (a
 str -> id map of the vocabulary; a rescan merge for short pieces, a heap for long ones);
 ``FastTokenizer(..., core="python")`` or $LMSPEC_BPE_FAST_CORE=python asks for the Python
 path."""
@@ -35,7 +36,6 @@ def _default_core() -> Literal["c", "python"]:
     if asked not in ("", "c", "python"):
         raise ValueError(f"LMSPEC_BPE_FAST_CORE: expected 'c' or 'python', got {asked!r}")
     return asked or ("python" if _core is None else "c")
-
 
 
 def _merge_short(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:

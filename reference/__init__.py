@@ -17,6 +17,7 @@ from lmspec.reference.lightning_attention import lightning_attention, lightning_
 from lmspec.reference.linear_attention import linear_attention, linear_attention_vjp
 from lmspec.reference.log_softmax import log_softmax, log_softmax_vjp
 from lmspec.reference.mla import mla, mla_vjp
+from lmspec.reference.model import model, model_grad, model_loss
 from lmspec.reference.moe_balance_loss import moe_balance_loss, moe_balance_loss_vjp
 from lmspec.reference.moe_bias_update import moe_bias_update
 from lmspec.reference.moe_layer import moe_layer, moe_layer_vjp
@@ -57,7 +58,7 @@ __all__ = [
     "linear_attention", "linear_attention_vjp",
     "computing_in", "cross_entropy", "cross_entropy_vjp", "embedding", "embedding_vjp", "geglu",
     "geglu_vjp", "layer_norm", "layer_norm_vjp", "log_softmax", "log_softmax_vjp", "mla",
-    "mla_vjp", "moe_layer", "moe_layer_vjp", "rms_norm",
+    "mla_vjp", "model", "model_grad", "model_loss", "moe_layer", "moe_layer_vjp", "rms_norm",
     "moe_balance_loss", "moe_balance_loss_vjp", "moe_bias_update", "moe_router",
     "moe_router_vjp",
     "dequant_fp4", "dequant_fp8", "dequant_int4", "dequant_int8", "pack_int4", "quant_fp4",

@@ -57,3 +57,18 @@ for _stem in stems():
     globals()[_stem] = _in_input_dtype(getattr(_ref, _stem))
     if hasattr(_ref, f"{_stem}_vjp"):  # a non-differentiable stem (quantizers) has none
         globals()[f"{_stem}_vjp"] = _vjp_in_input_dtype(getattr(_ref, f"{_stem}_vjp"))
+
+
+def _params_dtype(fn):
+    """The model functions take a parameter mapping: they compute in its arrays' dtype."""
+    @functools.wraps(fn)
+    def run(params, *args, **kwargs):
+        dts = [a.dtype for a in params.values() if isinstance(a, np.ndarray)]
+        with computing_in(dts[0] if dts else np.dtype(np.float64)):
+            return fn(params, *args, **kwargs)
+    return run
+
+
+model = _params_dtype(_ref.model)
+model_loss = _params_dtype(_ref.model_loss)
+model_grad = _params_dtype(_ref.model_grad)

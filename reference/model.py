@@ -335,4 +335,27 @@ def model_grad(params, tokens, targets, positions=None, segment_ids=None, *, con
     return loss, metrics, _backward(dlogits, tape, P, toks, config)
 
 
-__all__ = ["model", "model_grad", "model_loss"]
+__all__ = ["model", "model_grad", "model_loss", "router_selection"]
+
+
+def router_selection(params, tokens, positions=None, segment_ids=None, *, config):
+    """Per MoE layer: the selection scores u = s + bias (N, E), the chosen ids (N, k) and the
+    smallest margin of the choice (between the k-th and (k+1)-th largest u of a row, and
+    between the kept and dropped group scores): what conformance reads to find knife edges."""
+    _, _, stats, *_ = _forward(params, tokens, positions, segment_ids, None, config)
+    m, out = config.moe, []
+    for layer, i in zip(stats, [j for j in range(config.n_layers) if config.is_moe_layer(j)]):
+        s = np.asarray(layer["scores"], np.float64)
+        bias = params.get(f"layers.{i}.moe.router_bias")
+        u = s if bias is None else s + np.asarray(bias, np.float64)
+        margins = [np.inf]
+        top = -np.sort(-u, axis=-1)
+        if u.shape[1] > m.top_k and u.size:
+            margins.append(float(np.min(top[:, m.top_k - 1] - top[:, m.top_k])))
+        if m.n_group > 1 and u.size:
+            g = -np.sort(-u.reshape(len(u), m.n_group, -1), axis=-1)[..., :2].sum(-1)
+            gs = -np.sort(-g, axis=-1)
+            if m.topk_group < m.n_group:
+                margins.append(float(np.min(gs[:, m.topk_group - 1] - gs[:, m.topk_group])))
+        out.append((u, np.sort(layer["ids"], axis=-1), min(margins)))
+    return out

@@ -97,7 +97,7 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
     state, block_size)`` (scale 1); ``o = rms(o.reshape(B, T, H hd), out_norm) *
     sigmoid(h w_gate)``; mixer out = ``o wo``. The cache is the (B, H, hd, hd) state.
     Segment ids are rejected on a model with lightning layers (its recurrence crosses
-    documents).
+    documents) and, for now, on MLA models (the mla component takes no segment mask).
 
     FFN: dense ``swiglu(h, w_gate, w_up, w_down)``; MoE: ``logits_r = h2 router`` (h2 the
     (B T, D) rows), ``ids, w, scores = moe_router(logits_r, router_bias, ...)`` (top_k,
@@ -109,7 +109,7 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
     Rejected (ValueError naming the argument unless said): a parameter missing, extra or of
     the wrong shape (named); tokens not a (B, T) integer array (TypeError for floats); a token
     outside [0, V) (IndexError naming ``tokens``); positions or segment ids not (B, T)
-    integer; segment ids together with caches, or on a model with lightning layers; caches
+    integer; segment ids together with caches, or on a model with lightning or MLA layers; caches
     of the wrong number of layers.
     """
     check_args(params, tokens, positions, segment_ids, caches, config=config)
@@ -201,6 +201,8 @@ def check_args(params, tokens, positions=None, segment_ids=None, caches=None, *,
         require(caches is None, ValueError, "segment_ids: not allowed together with caches")
         require("linear" not in config.layer_kinds(), ValueError,
                 "segment_ids: a model with lightning layers cannot pack documents")
+        require(config.mla is None, ValueError,
+                "segment_ids: MLA attention (spec/mla.py) has no segment mask yet")
     if caches is not None:
         require(len(caches) == config.n_layers, ValueError,
                 f"caches: expected {config.n_layers} layers, got {len(caches)}")
@@ -319,7 +321,7 @@ def batches(draw, config: ModelConfig) -> dict[str, np.ndarray | None]:
     targets = rng.integers(0, config.vocab_size, (b, t)).astype(np.int64)
     targets[rng.uniform(size=(b, t)) < 0.2] = IGNORE_INDEX
     seg = None
-    if "linear" not in config.layer_kinds() and draw(st.booleans()):
+    if "linear" not in config.layer_kinds() and config.mla is None and draw(st.booleans()):
         seg = np.sort(rng.integers(0, 3, (b, t)), axis=1).astype(np.int64)
         targets[seg == 2] = IGNORE_INDEX  # segment 2 plays the padding
     return {"tokens": tokens, "targets": targets, "segment_ids": seg, "positions": None}
@@ -333,8 +335,9 @@ def model_cases(draw, family: str | None = None) -> Case:
                  "std": draw(st.sampled_from((0.3, 1.0))), "norm_std": 0.3})
 
 
-def _bad(**change):
+def _bad(**spec):
     def build():
+        change = dict(spec)  # build runs once per backend: never consume the closure's copy
         config = ModelConfig(vocab_size=7, d_model=4, n_layers=1, n_heads=2, d_ff=3)
         params = init_params(config, 0)
         arrays = {"params": params, "tokens": np.zeros((1, 3), np.int64), "positions": None,
@@ -344,7 +347,7 @@ def _bad(**change):
             del params[name]
         for name, shape in change.pop("reshape", {}).items():
             params[name] = np.zeros(shape)
-        return arrays, {"config": config, **change}
+        return {}, {**arrays, "config": config, **change}  # one mapping: see test_errors
     return build
 
 

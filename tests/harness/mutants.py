@@ -1540,3 +1540,10 @@ def moe_balance_loss_counts_the_first_slot_only():
         ids = topk_ids if topk_ids is None or kind == "z" else np.asarray(topk_ids)[:, :1]
         return R.moe_balance_loss(scores, ids, kind=kind, n_seq=n_seq, alpha=alpha)
     return fwd, None
+
+
+# Whole-model plants live in their own file (patches of the reference model module).
+import _model_mutants  # noqa: E402  (tests/harness is on the path wherever mutants is)
+
+_model_mutants.register(MUTANTS, MUST_CATCH)
+globals().update({name: MUTANTS[name][1] for name in _model_mutants.PLANTS})

@@ -1,0 +1,121 @@
+"""Planted bugs in whole models: the float32 reference model with one mistake patched into
+the module for the duration of each call. Registered into mutants.MUTANTS by ``register``."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+from types import SimpleNamespace
+
+import numpy as np
+
+from lmspec import reference as R
+from lmspec.backends import _reference_backend as ref_backend
+from lmspec.spec._model_config import ModelConfig
+
+M = importlib.import_module("lmspec.reference.model")  # the module, not the function
+
+
+@contextlib.contextmanager
+def _patched(owner, **attrs):
+    old = {n: getattr(owner, n) for n in attrs}
+    try:
+        for n, v in attrs.items():
+            setattr(owner, n, v)
+        yield
+    finally:
+        for n, v in old.items():
+            setattr(owner, n, v)
+
+
+def _backend(name: str, patch, grad=None) -> SimpleNamespace:
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(params, *args, **kw):
+            with patch():
+                return ref_backend._params_dtype(fn)(params, *args, **kw)
+        return run
+    ns = SimpleNamespace(NAME=f"mutant-{name}", DTYPES=("float32",),
+                         asarray=ref_backend.asarray, to_numpy=ref_backend.to_numpy,
+                         model=wrap(R.model), model_loss=wrap(R.model_loss),
+                         model_grad=wrap(grad or R.model_grad))
+    return ns
+
+
+def _sdpa_kv_modulo(q, k, v, sq=None, sk=None, **kw):
+    g = q.shape[2] // k.shape[2]  # query head h reads kv head h % Hkv, not h // G
+    return R.sdpa(q, np.tile(k, (1, 1, g, 1)), np.tile(v, (1, 1, g, 1)), sq, sk, **kw)
+
+
+def _sdpa_no_segments(q, k, v, sq=None, sk=None, **kw):
+    return R.sdpa(q, k, v, None, None, **kw)
+
+
+def _sdpa_not_causal(q, k, v, sq=None, sk=None, **kw):
+    return R.sdpa(q, k, v, sq, sk, **dict(kw, causal=False, window=None))
+
+
+_orig_cached_length = M.cached_length
+_orig_rope_kw = M._rope_kw
+_orig_layer_kinds = ModelConfig.layer_kinds
+
+
+def _mla_absorbed_without_kv_norm(h, pos, **kw):
+    if kw["form"] == "absorbed":
+        kw = dict(kw, kv_norm_weight=np.ones_like(kw["kv_norm_weight"]))
+    return R.mla(h, pos, **kw)
+
+
+def _moe_gate_up_swapped(x, ids, w, w_gate, w_up, *rest, **kw):
+    return R.moe_layer(x, ids, w, w_up, w_gate, *rest, **kw)
+
+
+def _rms_over_batch(x, weight=None, *, eps=1e-6, weight_offset=0.0):
+    """The final norm's mean square over the whole batch (B, T, D) instead of each row."""
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[0] > 1 and weight is not None:
+        ms = np.mean(np.asarray(x, np.float64) ** 2, axis=(0, 2), keepdims=True)
+        return (x / np.sqrt(ms + eps) * weight).astype(x.dtype)
+    return R.rms_norm(x, weight, eps=eps, weight_offset=weight_offset)
+
+
+def _router_grad_dropped(params, tokens, targets, *args, **kw):
+    loss, metrics, grads = R.model_grad(params, tokens, targets, *args, **kw)
+    return loss, metrics, {n: (np.zeros_like(g) if n.endswith("moe.router") else g)
+                           for n, g in grads.items()}
+
+
+PLANTS = {
+    # name: (patch, catches, grad)
+    "model_gqa_kv_head_modulo": (lambda: _patched(M, sdpa=_sdpa_kv_modulo), ("forward",), None),
+    "model_positions_not_restarted_per_document": (
+        lambda: _patched(M, default_positions=lambda b, t, seg=None, offset=0:
+                         np.broadcast_to(offset + np.arange(t), (b, t)).astype(np.int64)),
+        ("packed_equals_alone",), None),
+    "model_attention_crosses_documents": (lambda: _patched(M, sdpa=_sdpa_no_segments),
+                                          ("packed_equals_alone",), None),
+    "model_causal_mask_dropped": (lambda: _patched(M, sdpa=_sdpa_not_causal),
+                                  ("causal_prefix",), None),
+    "model_decode_position_off_by_one": (
+        lambda: _patched(M, cached_length=lambda c: _orig_cached_length(c) + (1 if c else 0)),
+        ("prefill_then_decode_equals_full",), None),
+    "model_mla_absorbed_skips_kv_norm": (lambda: _patched(M, mla=_mla_absorbed_without_kv_norm),
+                                         ("mla_absorbed_equals_naive",), None),
+    "model_moe_gate_and_up_swapped": (lambda: _patched(M, moe_layer=_moe_gate_up_swapped),
+                                      ("moe_with_one_expert_equals_dense",), None),
+    "model_norm_statistics_over_the_batch": (lambda: _patched(M, rms_norm=_rms_over_batch),
+                                             ("batch_invariance",), None),
+    "model_hybrid_softmax_layers_other_rope_convention": (
+        lambda: _patched(M, _rope_kw=lambda cfg: dict(
+            _orig_rope_kw(cfg), interleaved=cfg.rope_interleaved ^ (cfg.hybrid is not None))),
+        ("all_softmax_hybrid_equals_dense",), None),
+    "model_router_gradient_dropped": (contextlib.nullcontext, ("loss_and_gradients",),
+                                      _router_grad_dropped),
+}
+
+
+def register(mutants: dict, must_catch: dict) -> None:
+    for name, (patch, catches, grad) in PLANTS.items():
+        mutants[name] = ("model", _backend(name, patch, grad))
+        must_catch[name] = catches

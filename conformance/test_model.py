@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lmspec import reference
@@ -20,6 +20,11 @@ from lmspec.spec.model import COMPONENT, FAMILIES, MoEConfig, init_params, model
 
 STEM = COMPONENT.stem
 OPT = ("positions", "segment_ids")
+# Each example builds a model (and compiles one on jax_xla: 1-5 s a config, and a decode
+# recompiles per cache length), so the model tests run a share of the profile's budget: half
+# for the standard tests, a quarter for the properties (ci: 10 and 5, thorough: 150 and 75).
+STANDARD = settings(max_examples=max(3, settings().max_examples // 2))
+PROPERTY = settings(max_examples=max(2, settings().max_examples // 4))
 
 
 # ----------------------------------------------------------------------------- running
@@ -161,6 +166,7 @@ def _judge(target, test, name, got, ref, naive, case, kind="output", magnitude=0
 # ----------------------------------------------------------------------------- standard tests
 
 
+@STANDARD
 @given(case=model_cases())
 def test_forward(target, case):
     _require(target, "model")
@@ -176,6 +182,7 @@ def test_forward(target, case):
     _judge(target, "forward", "logits", got[0], ref, naive, case)
 
 
+@STANDARD
 @given(case=model_cases())
 def test_loss_and_gradients(target, case):
     """The loss (cross-entropy, z-loss and MoE terms) and every trainable parameter's
@@ -311,6 +318,7 @@ def _prepared(target, case):
     return case.params["config"], params, _inputs(case)
 
 
+@PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_causal_prefix(target, case, data):
     """Logits of the first m tokens do not depend on the tokens after them."""
@@ -324,6 +332,7 @@ def test_causal_prefix(target, case, data):
           (cfg, params, cut, lambda x: x))
 
 
+@PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_batch_invariance(target, case, data):
     """Row i of a batch equals row i run alone, whatever the other rows hold."""
@@ -336,6 +345,7 @@ def test_batch_invariance(target, case, data):
           (cfg, params, alone, lambda x: x))
 
 
+@PROPERTY
 @given(case=model_cases())
 def test_packed_equals_alone(target, case):
     """Packed documents (segment ids, positions restarting) equal each document run alone."""
@@ -350,6 +360,7 @@ def test_packed_equals_alone(target, case):
               (cfg, params, arrays, lambda x, c=cols: x[:1, c]), (cfg, params, one, lambda x: x))
 
 
+@PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_prefill_then_decode_equals_full(target, case, data):
     """A prefill of the first m tokens, then decoding the rest one at a time with the
@@ -402,6 +413,7 @@ def test_prefill_then_decode_equals_full(target, case, data):
                    target, STEM, "property-decode_equals_full", "logits", case)
 
 
+@PROPERTY
 @given(case=model_cases("dense"))
 def test_moe_with_one_expert_equals_dense(target, case):
     """A MoE model whose router sends every token to one expert (E = 1, weight 1) is the
@@ -418,6 +430,7 @@ def test_moe_with_one_expert_equals_dense(target, case):
           (cfg, params, arrays, lambda x: x))
 
 
+@PROPERTY
 @given(case=model_cases("deepseek"))
 def test_mla_absorbed_equals_naive(target, case):
     cfg, params, arrays = _prepared(target, case)
@@ -427,6 +440,7 @@ def test_mla_absorbed_equals_naive(target, case):
           (forms[1], params, arrays, lambda x: x))
 
 
+@PROPERTY
 @given(case=model_cases("dense"))
 def test_all_softmax_hybrid_equals_dense(target, case):
     from lmspec.spec.model import HybridConfig

@@ -1,0 +1,252 @@
+"""Whole decoder models (spec/model.py) composed of this backend's components; gradients by
+torch autograd. Dense GQA (Llama / Mistral / Qwen), MoE (Mixtral / Qwen3-MoE), DeepSeek-V3
+(MLA + MoE) and MiniMax-01 (lightning / softmax hybrid) share one layer loop."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmspec.backends.torch_triton.cross_entropy import cross_entropy
+from lmspec.backends.torch_triton.embedding import embedding
+from lmspec.backends.torch_triton.lightning_attention import lightning_attention
+from lmspec.backends.torch_triton.mla import mla
+from lmspec.backends.torch_triton.moe_balance_loss import moe_balance_loss
+from lmspec.backends.torch_triton.moe_layer import moe_layer
+from lmspec.backends.torch_triton.moe_router import moe_router
+from lmspec.backends.torch_triton.rms_norm import rms_norm
+from lmspec.backends.torch_triton.rope import rope
+from lmspec.backends.torch_triton.sdpa import sdpa
+from lmspec.backends.torch_triton.swiglu import swiglu
+from lmspec.spec.model import (
+    IGNORE_INDEX,
+    ModelConfig,
+    cached_length,
+    check_args,
+    check_tokens,
+    default_positions,
+    lightning_log_decay,
+    trainable,
+)
+
+__all__ = ["model", "model_grad", "model_loss"]
+
+
+def _linear(x, w, b=None):
+    """x (..., in) @ w (in, out) (+ b (out,))."""
+    y = x @ w
+    return y if b is None else y + b
+
+
+def _host(t: torch.Tensor):
+    return t.detach().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- mixers
+
+
+def _gqa(P, pre, h, pos, seg, cache, cfg: ModelConfig, i: int):
+    """h (B, T, D) -> (B, T, D), cache {"k", "v"} (B, Tc + T, Hkv, hd) of rotated keys."""
+    b, t, _ = h.shape
+    H, hkv, hd = cfg.n_heads, cfg.kv_heads, cfg.hd
+    bias = (lambda n: P[pre + n]) if cfg.attention_bias else (lambda n: None)  # noqa: E731
+    q = _linear(h, P[pre + "wq"], bias("bq")).reshape(b, t, H, hd)
+    k = _linear(h, P[pre + "wk"], bias("bk")).reshape(b, t, hkv, hd)
+    v = _linear(h, P[pre + "wv"], bias("bv")).reshape(b, t, hkv, hd)
+    if cfg.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
+        q = rms_norm(q, P[pre + "q_norm"], eps=cfg.norm_eps)
+        k = rms_norm(k, P[pre + "k_norm"], eps=cfg.norm_eps)
+    kw = dict(theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim, interleaved=cfg.rope_interleaved,
+              scaling=cfg.rope_scaling)
+    q, k = rope(q, pos, **kw), rope(k, pos, **kw)
+    if cache is not None:
+        k = torch.cat((cache["k"].to(k.dtype), k), dim=1)  # (B, Tc + T, Hkv, hd)
+        v = torch.cat((cache["v"].to(v.dtype), v), dim=1)
+    o, _ = sdpa(q, k, v, seg, seg, causal=True, window=cfg.window(i))  # (B, T, H, hd)
+    return o.reshape(b, t, H * hd) @ P[pre + "wo"], {"k": k, "v": v}
+
+
+_MLA_NAMES = {"w_uq": "w_uq", "w_dkv": "w_dkv", "kv_norm_weight": "kv_norm", "w_ukv": "w_ukv",
+              "w_o": "wo", "w_dq": "w_dq", "q_norm_weight": "q_norm"}
+
+
+def _mla(P, pre, h, pos, seg, cache, cfg: ModelConfig, i: int):
+    """h (B, T, D) -> (B, T, D), cache {"c_kv" (B, Tk, dc), "k_rope" (B, Tk, dr)}.
+    mla has no segment ids: like the reference, packed documents are not separated here."""
+    m = cfg.mla
+    arrays = {a: P.get(pre + n) for a, n in _MLA_NAMES.items()}
+    if cache is not None:
+        arrays.update(c_kv_cache=cache["c_kv"], k_rope_cache=cache["k_rope"])
+    out, c_kv, k_rope = mla(
+        h, pos, **arrays, n_heads=cfg.n_heads, qk_nope_head_dim=m.qk_nope_head_dim,
+        qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim,
+        kv_lora_rank=m.kv_lora_rank, theta=cfg.rope_theta, scaling=cfg.rope_scaling,
+        mscale_all_dim=m.mscale_all_dim, interleaved=cfg.rope_interleaved, eps=cfg.norm_eps,
+        causal=True, form=m.form)
+    return out, {"c_kv": c_kv, "k_rope": k_rope}
+
+
+def _lightning(P, pre, h, pos, seg, cache, cfg: ModelConfig, i: int):
+    """h (B, T, D) -> (B, T, D), cache {"state"} (B, H, hd, hd) float32 (or wider)."""
+    b, t, _ = h.shape
+    H, hd = cfg.n_heads, cfg.hd
+    q, k, v = (F.silu(h @ P[pre + n]).reshape(b, t, H, hd) for n in ("wq", "wk", "wv"))
+    wide = torch.float64 if h.dtype == torch.float64 else torch.float32
+    decay = torch.as_tensor(lightning_log_decay(cfg, i), dtype=wide, device=h.device)  # (H,)
+    s0 = None if cache is None else cache["state"]
+    o, state = lightning_attention(q, k, v, decay, s0, block_size=cfg.hybrid.block_size)
+    o = rms_norm(o.reshape(b, t, H * hd), P[pre + "out_norm"], eps=cfg.norm_eps)
+    o = o * torch.sigmoid(h @ P[pre + "w_gate"])
+    return o @ P[pre + "wo"], {"state": state}
+
+
+# ----------------------------------------------------------------------------- FFNs
+
+
+def _dense_ffn(P, pre, h, cfg: ModelConfig, stats: list):
+    return swiglu(h, *(P[pre + "ffn." + n] for n in ("w_gate", "w_up", "w_down")))
+
+
+_MOE_NAMES = ("w_gate", "w_up", "w_down", "shared.w_gate", "shared.w_up", "shared.w_down",
+              "shared_gate")
+
+
+def _moe(P, pre, h, cfg: ModelConfig, stats: list):
+    """h (B, T, D) -> (B, T, D); appends the router's (scores, ids, logits) to stats."""
+    m, (b, t, d) = cfg.moe, h.shape
+    q = pre + "moe."
+    h2 = h.reshape(b * t, d)  # (N, D)
+    lr = h2 @ P[q + "router"]  # (N, E) router logits
+    ids, w, scores = moe_router(
+        lr, P.get(q + "router_bias"), top_k=m.top_k, score_func=m.score_func,
+        norm_topk_prob=m.norm_topk_prob, n_group=m.n_group, topk_group=m.topk_group,
+        routed_scaling_factor=m.routed_scaling_factor, masked_group_fill=m.masked_group_fill)
+    y, _ = moe_layer(h2, ids, w, *(P.get(q + n) for n in _MOE_NAMES),
+                     capacity_factor=m.capacity_factor)
+    stats.append({"scores": scores, "ids": ids, "logits": lr})
+    return y.reshape(b, t, d)
+
+
+# ----------------------------------------------------------------------------- the stack
+
+
+def _as_int(a, device) -> torch.Tensor | None:
+    return None if a is None else torch.as_tensor(a, device=device).long()
+
+
+def _positions(positions, segment_ids, caches, b: int, t: int, device) -> torch.Tensor:
+    """(B, T) int64 on the device: given, or the spec's default."""
+    if positions is None:
+        seg = None if segment_ids is None else _host(torch.as_tensor(segment_ids))
+        return torch.from_numpy(default_positions(b, t, seg, cached_length(caches))).to(device)
+    pos = _as_int(positions, device)
+    if pos.numel() and int(pos.min()) < 0:
+        raise ValueError(f"positions: expected values >= 0, got {int(pos.min())}")
+    return pos
+
+
+def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig):
+    """logits (B, T, V), the new per-layer caches, the MoE layers' router stats."""
+    P = params
+    device = P["embed"].device
+    tokens = torch.as_tensor(tokens, device=device)
+    check_tokens(_host(tokens), config.vocab_size)
+    b, t = tokens.shape
+    pos = _positions(positions, segment_ids, caches, b, t, device)
+    seg = _as_int(segment_ids, device)
+    x = embedding(tokens, P["embed"])  # (B, T, D) residual stream
+    new_caches, stats = [], []
+    for i, kind in enumerate(config.layer_kinds()):
+        pre = f"layers.{i}."
+        mixer = _lightning if kind == "linear" else _mla if config.mla is not None else _gqa
+        h = rms_norm(x, P[pre + "attn_norm"], eps=config.norm_eps)
+        out, cache = mixer(P, pre + "attn.", h, pos, seg,
+                           None if caches is None else caches[i], config, i)
+        x = x + out
+        new_caches.append(cache)
+        ffn = _moe if config.is_moe_layer(i) else _dense_ffn
+        x = x + ffn(P, pre, rms_norm(x, P[pre + "ffn_norm"], eps=config.norm_eps), config, stats)
+    head = P["embed"].T if config.tie_embeddings else P["lm_head"]  # (D, V)
+    logits = rms_norm(x, P["final_norm"], eps=config.norm_eps) @ head
+    return logits, new_caches, stats
+
+
+def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
+          config: ModelConfig, use_cache: bool = False):
+    check_args(params, tokens, positions, segment_ids, caches, config=config)
+    logits, new_caches, _ = _forward(params, tokens, positions, segment_ids, caches, config)
+    return logits, (new_caches if use_cache or caches is not None else None)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def _check_targets(tokens, targets) -> None:
+    ts, ok = tuple(tokens.shape), tuple(targets.shape) == tuple(tokens.shape)
+    if not ok:
+        raise ValueError(f"targets: expected shape {ts}, got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError("targets: expected an integer array")
+
+
+def _balance(stats: list, config: ModelConfig, b: int, like: torch.Tensor) -> torch.Tensor:
+    """Sum over MoE layers of the balance and router z terms (0-d, float32 or wider)."""
+    m = config.moe
+    total = torch.zeros((), dtype=like.dtype, device=like.device)
+    for layer in stats:
+        if m.balance_coef:
+            total = total + moe_balance_loss(layer["scores"], layer["ids"], kind=m.balance_loss,
+                                             n_seq=b, alpha=m.balance_coef)
+        if m.router_z_coef:
+            total = total + moe_balance_loss(layer["logits"], None, kind="z",
+                                             alpha=m.router_z_coef)
+    return total
+
+
+def _loads(stats: list, config: ModelConfig, device) -> torch.Tensor:
+    """(n_moe_layers, E) int64 assignments per expert."""
+    e = 0 if config.moe is None else config.moe.n_experts
+    rows = [torch.bincount(s["ids"].reshape(-1), minlength=e) for s in stats]
+    return torch.stack(rows) if rows else torch.zeros((0, e), dtype=torch.int64, device=device)
+
+
+def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, n_tokens):
+    device = params["embed"].device
+    tokens = torch.as_tensor(tokens, device=device)
+    targets = torch.as_tensor(targets, device=device)
+    _check_targets(tokens, targets)
+    targets = targets.long()
+    n_valid = int((targets != IGNORE_INDEX).sum())
+    if n_tokens is not None and n_tokens < n_valid:
+        raise ValueError(f"n_tokens: expected >= the {n_valid} valid targets, got {n_tokens}")
+    n = n_valid if n_tokens is None else int(n_tokens)
+    logits, _, stats = _forward(params, tokens, positions, segment_ids, None, config)
+    v = logits.shape[-1]
+    ce = cross_entropy(logits.reshape(-1, v), targets.reshape(-1), z_loss=config.z_loss)
+    wide = torch.float64 if ce.dtype == torch.float64 else torch.float32
+    ce = ce.to(wide) * (n_valid / max(n, 1))  # mean over valid -> sum / n
+    balance = _balance(stats, config, tokens.shape[0], ce)
+    loss = ce + balance  # 0-d, float32 or wider
+    metrics = {"ce": float(ce.detach()), "balance": float(balance.detach()), "n_tokens": n_valid,
+               "loads": _loads(stats, config, device)}
+    return loss, metrics
+
+
+def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
+               config: ModelConfig, n_tokens: int | None = None):
+    check_args(params, tokens, positions, segment_ids, None, config=config)
+    return _loss(params, tokens, targets, positions, segment_ids, config, n_tokens)
+
+
+def model_grad(params, tokens, targets, positions=None, segment_ids=None, *,
+               config: ModelConfig, n_tokens: int | None = None):
+    check_args(params, tokens, positions, segment_ids, None, config=config)
+    names = trainable(config)
+    wrt = set(names)
+    leaves = {n: p.detach().requires_grad_(n in wrt) for n, p in params.items()}
+    with torch.enable_grad():
+        loss, metrics = _loss(leaves, tokens, targets, positions, segment_ids, config, n_tokens)
+        grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    out = {n: torch.zeros_like(leaves[n]) if g is None else g.to(leaves[n].dtype)
+           for n, g in zip(names, grads, strict=True)}
+    return loss.detach(), metrics, out

@@ -1,4 +1,4 @@
-"""The ``lmspec`` command line: list, conform, bench, report, replay."""
+"""The ``lmspec`` command line: list, conform, bench, report, replay, tokenizer, model."""
 
 from __future__ import annotations
 
@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmspec.conformance import _tokenizer_cli  # lmspec tokenizer train|encode|decode
 
     _tokenizer_cli.add_parser(sub)
+    from lmspec.conformance import _model_cli  # lmspec model inspect (imports no torch)
+
+    _model_cli.add_parser(sub)
     return p
 
 

@@ -27,6 +27,7 @@ from lmspec.backends.jax_xla.lightning_attention import lightning_attention
 from lmspec.backends.jax_xla.linear_attention import linear_attention
 from lmspec.backends.jax_xla.log_softmax import log_softmax
 from lmspec.backends.jax_xla.mla import mla
+from lmspec.backends.jax_xla.model import model, model_grad, model_loss
 from lmspec.backends.jax_xla.moe_balance_loss import moe_balance_loss
 from lmspec.backends.jax_xla.moe_bias_update import moe_bias_update
 from lmspec.backends.jax_xla.moe_layer import moe_layer, moe_layer_vjp
@@ -46,6 +47,7 @@ from lmspec.backends.jax_xla.swiglu import swiglu
 __all__ = [
     "DTYPES", "NAME", "UNSUPPORTED", "asarray", "attention_merge", "cross_entropy", "embedding",
     "geglu", "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla",
+    "model", "model_grad", "model_loss",
     "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_layer_vjp", "moe_router",
     "moe_router_vjp",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",

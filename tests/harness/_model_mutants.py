@@ -52,6 +52,14 @@ def _sdpa_no_segments(q, k, v, sq=None, sk=None, **kw):
     return R.sdpa(q, k, v, None, None, **kw)
 
 
+def _sdpa_boundary_shifted(q, k, v, sq=None, sk=None, **kw):
+    """Key segment ids from document starts with an off-by-one: each document's last key is
+    labelled as the next document's (the next document's first query sees it)."""
+    if sk is not None:
+        sk = np.concatenate([np.asarray(sk)[:, 1:], np.asarray(sk)[:, -1:]], axis=1)
+    return R.sdpa(q, k, v, sq, sk, **kw)
+
+
 def _sdpa_not_causal(q, k, v, sq=None, sk=None, **kw):
     return R.sdpa(q, k, v, sq, sk, **dict(kw, causal=False, window=None))
 
@@ -89,10 +97,11 @@ def _router_grad_dropped(params, tokens, targets, *args, **kw):
 PLANTS = {
     # name: (patch, catches, grad)
     "model_gqa_kv_head_modulo": (lambda: _patched(M, sdpa=_sdpa_kv_modulo), ("forward",), None),
-    "model_positions_not_restarted_per_document": (
-        lambda: _patched(M, default_positions=lambda b, t, seg=None, offset=0:
-                         np.broadcast_to(offset + np.arange(t), (b, t)).astype(np.int64)),
-        ("packed_equals_alone",), None),
+    # (positions that run on across packed documents instead of restarting are invisible to a
+    # RoPE model's logits: each document's positions shift by a constant, and RoPE scores
+    # depend on differences only. Not a plant; the off-by-one document boundary is.)
+    "model_document_boundary_off_by_one": (lambda: _patched(M, sdpa=_sdpa_boundary_shifted),
+                                           ("packed_equals_alone",), None),
     "model_attention_crosses_documents": (lambda: _patched(M, sdpa=_sdpa_no_segments),
                                           ("packed_equals_alone",), None),
     "model_causal_mask_dropped": (lambda: _patched(M, sdpa=_sdpa_not_causal),

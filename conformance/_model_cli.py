@@ -1,5 +1,7 @@
 """``lmspec model inspect DIR|PRESET``: a model's config as lmspec reads it, and its sizes
-(parameters, active parameters per token, KV-cache bytes per token)."""
+(parameters, active parameters per token, KV-cache bytes per token). ``lmspec model logits
+DIR|PRESET --backend B --text ...``: a backend's next-token distribution, and its worst
+disagreement with the float64 reference on the same parameters."""
 
 from __future__ import annotations
 
@@ -87,8 +89,123 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _token_ids(ns: argparse.Namespace, target: str) -> tuple[list[int], object | None]:
+    """(ids, tokenizer or None): --tokens, or --text through --vocab or DIR/tokenizer.json."""
+    from lmspec import reference as R
+    from lmspec.conformance._tokenizer_cli import load_vocab
+
+    vocab = ns.vocab
+    if vocab is None and Path(target, "tokenizer.json").is_file():
+        vocab = str(Path(target, "tokenizer.json"))
+    tok = None
+    if vocab is not None:
+        ranks, pattern, specials = load_vocab(vocab)
+        tok = R.tokenizer(ranks, pattern=pattern, special_tokens=specials)
+    if ns.tokens is not None:
+        try:
+            ids = [int(x) for x in ns.tokens.replace(",", " ").split()]
+        except ValueError:
+            raise CliError(f"--tokens: expected integers, got {ns.tokens!r}") from None
+    elif ns.text is not None:
+        if tok is None:
+            raise CliError("--text needs a tokenizer: --vocab NAME|FILE, or a tokenizer.json "
+                           "in the checkpoint directory (or give --tokens)")
+        ids = list(tok.encode(ns.text, allowed_special="all"))
+    else:
+        raise CliError("give --text TEXT or --tokens IDS")
+    if not ids:
+        raise CliError("the input is empty: no tokens to run")
+    return ids, tok
+
+
+def _params(target: str, seed: int, dtype):
+    """(config, float parameters) of a checkpoint directory (read as stored, then ``dtype``)
+    or a preset (random, ``init_params(seed)``)."""
+    import numpy as np
+
+    from lmspec.spec.model import init_params
+
+    config, _ = _resolve(target)
+    if Path(target).is_dir():
+        from lmspec.spec._checkpoint import load_hf_dir
+
+        _, params = load_hf_dir(target)
+    else:
+        params = init_params(config, seed)
+    return config, {n: np.asarray(a, dtype) for n, a in params.items()}
+
+
+def logits(target: str, ids: list[int], backend_name: str, dtype: str = "float32",
+           top: int = 5, seed: int = 0, compare: bool = True, tokenizer=None) -> dict:
+    import numpy as np
+
+    from lmspec import backends
+    from lmspec import reference as R
+
+    backend = backends.load(backend_name)
+    if not backend.has("model"):
+        raise CliError(f"--backend {backend_name}: it does not implement model")
+    if dtype not in backend.dtypes and not (backend.name == "reference"):
+        raise CliError(f"--dtype {dtype}: {backend.name} runs {', '.join(backend.dtypes)}")
+    config, params = _params(target, seed, np.float64)
+    toks = np.asarray([ids], np.int64)
+    if int(toks.max()) >= config.vocab_size:
+        raise CliError(f"token id {int(toks.max())} is outside the model's vocabulary "
+                       f"(vocab_size {config.vocab_size})")
+    native = {n: backend.asarray(a, dtype) for n, a in params.items()}
+    got = np.asarray(backend.to_numpy(backend.fn("model")(native, backend.asarray(toks, None),
+                                                          config=config)[0]), np.float64)[0]
+    last = got[-1]
+    p = np.exp(last - last.max())
+    p /= p.sum()
+    order = np.argsort(-last, kind="stable")[:top]
+    out = {"source": _resolve(target)[1], "backend": backend.name, "dtype": dtype,
+           "n_tokens": len(ids), "top": [
+               {"id": int(i), "text": None if tokenizer is None else
+                tokenizer.decode([int(i)]), "logit": float(last[i]), "p": float(p[i])}
+               for i in order]}
+    if compare:
+        # the reference on the parameters the backend saw (rounded to its dtype)
+        seen = {n: backend.to_numpy(a).astype(np.float64) for n, a in native.items()}
+        ref = np.asarray(R.model(seen, toks, config=config)[0], np.float64)[0]
+        diff = np.abs(got - ref)
+        pos, tid = (int(x) for x in np.unravel_index(int(np.argmax(diff)), diff.shape))
+        out["reference"] = {
+            "max_abs_error": float(diff.max()),
+            "relative": float(diff.max() / max(float(np.abs(ref).max()), 1e-300)),
+            "at": {"position": pos, "token": tid, "got": float(got[pos, tid]),
+                   "reference": float(ref[pos, tid])},
+            "top1_agree": int(np.sum(got.argmax(-1) == ref.argmax(-1))),
+            "positions": len(ids)}
+    return out
+
+
+def cmd_logits(ns: argparse.Namespace) -> int:
+    if ns.top < 1:
+        raise CliError(f"--top: expected >= 1, got {ns.top}")
+    ids, tok = _token_ids(ns, ns.target)
+    info = logits(ns.target, ids, ns.backend, ns.dtype, ns.top, ns.seed, not ns.no_reference,
+                  tok)
+    if ns.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"model: {info['source']}; backend {info['backend']} {info['dtype']}; "
+          f"{info['n_tokens']} tokens")
+    print(f"top {len(info['top'])} next tokens:")
+    for k, t in enumerate(info["top"], 1):
+        text = "" if t["text"] is None else f" {t['text']!r}"
+        print(f"  {k}. id {t['id']}{text}  logit {t['logit']:.4f}  p {t['p']:.4f}")
+    if "reference" in info:
+        r = info["reference"]
+        print(f"worst disagreement with the float64 reference: {r['max_abs_error']:.3g} "
+              f"({r['relative']:.3g} of max|logit|) at position {r['at']['position']}, token "
+              f"{r['at']['token']}; top-1 agrees at {r['top1_agree']}/{r['positions']} "
+              "positions")
+    return 0
+
+
 def add_parser(sub) -> None:
-    sp = sub.add_parser("model", help="model checkpoints and presets: inspect")
+    sp = sub.add_parser("model", help="model checkpoints and presets: inspect, logits")
     msub = sp.add_subparsers(dest="model_command", required=True)
     ip = msub.add_parser("inspect", help="a checkpoint directory's or preset's config, "
                                          "parameter counts and KV-cache bytes per token")
@@ -100,3 +217,20 @@ def add_parser(sub) -> None:
                     help="also read the tensors and check their names and shapes")
     ip.add_argument("--json", action="store_true", help="print JSON")
     ip.set_defaults(fn=cmd_inspect)
+    lp = msub.add_parser("logits", help="a backend's top next tokens, and its worst "
+                                        "disagreement with the float64 reference")
+    lp.add_argument("target", help="a Hugging Face checkpoint directory or an lmspec preset "
+                                   "(random weights from --seed)")
+    lp.add_argument("--backend", default="torch_triton", help="default: torch_triton")
+    lp.add_argument("--dtype", default="float32", help="default: float32")
+    src = lp.add_mutually_exclusive_group()
+    src.add_argument("--text", help="text, encoded with --vocab or DIR/tokenizer.json")
+    src.add_argument("--tokens", help="token ids, space- or comma-separated")
+    lp.add_argument("--vocab", help="a tokenizer preset (cl100k_base, ...), .tiktoken file or "
+                                    "tokenizer.json; default: DIR/tokenizer.json")
+    lp.add_argument("--top", type=int, default=5, help="how many next tokens (default 5)")
+    lp.add_argument("--seed", type=int, default=0, help="a preset's weights (default 0)")
+    lp.add_argument("--no-reference", action="store_true",
+                    help="skip the float64 reference (it holds the model in float64 memory)")
+    lp.add_argument("--json", action="store_true", help="print JSON")
+    lp.set_defaults(fn=cmd_logits)

@@ -63,3 +63,52 @@ def test_errors_are_one_line(tmp_path, capsys):
 def test_every_preset_inspects(name, capsys):
     assert main(["model", "inspect", name]) == 0
     assert "active parameters per token" in capsys.readouterr().out
+
+
+def test_logits_of_a_preset_agree_with_the_reference(capsys):
+    assert main(["model", "logits", "tiny-moe", "--tokens", "3, 1 4 1 5", "--top", "3",
+                 "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "torch_triton" and info["n_tokens"] == 5 and len(info["top"]) == 3
+    # the top tokens are the reference's own, in order, with their softmax probabilities
+    import numpy as np
+
+    from lmspec.reference import model
+
+    c = preset("tiny-moe")
+    ref = model(init_params(c, 0), np.array([[3, 1, 4, 1, 5]]), config=c)[0][0, -1]
+    assert [t["id"] for t in info["top"]] == list(np.argsort(-ref, kind="stable")[:3])
+    p = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()
+    assert abs(info["top"][0]["p"] - p[info["top"][0]["id"]]) < 1e-5
+    r = info["reference"]
+    assert r["top1_agree"] == r["positions"] == 5 and 0 < r["relative"] < 1e-5
+
+
+def test_logits_of_a_checkpoint_read_its_tokenizer(tmp_path, capsys):
+    from lmspec.reference._bpe_formats import save_hf_json
+    from lmspec.spec.tokenizer import PRESETS
+
+    c = ck.config_from_hf({"model_type": "llama", "vocab_size": 256, "hidden_size": 8,
+                           "intermediate_size": 12, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "num_key_value_heads": 1})
+    ck.save_hf_dir(tmp_path / "ckpt", c, init_params(c), "llama")
+    save_hf_json({bytes([i]): i for i in range(256)}, tmp_path / "ckpt" / "tokenizer.json",
+                 pattern=PRESETS["gpt2"].pattern)
+    assert main(["model", "logits", str(tmp_path / "ckpt"), "--backend", "jax_xla",
+                 "--text", "hi there", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_tokens"] == len("hi there") and info["reference"]["top1_agree"] == 8
+    assert all(isinstance(t["text"], str) for t in info["top"])
+
+
+def test_logits_errors_are_one_line(capsys):
+    assert main(["model", "logits", "tiny-llama", "--text", "hi"]) == 2
+    assert "--text needs a tokenizer" in capsys.readouterr().err
+    assert main(["model", "logits", "tiny-llama", "--tokens", "1 x"]) == 2
+    assert "--tokens: expected integers" in capsys.readouterr().err
+    assert main(["model", "logits", "tiny-llama", "--tokens", "512"]) == 2
+    assert "outside the model's vocabulary (vocab_size 512)" in capsys.readouterr().err
+    assert main(["model", "logits", "tiny-llama", "--tokens", "1", "--backend", "bpe_fast"]) == 2
+    assert "does not implement model" in capsys.readouterr().err
+    assert main(["model", "logits", "tiny-llama", "--tokens", "1", "--top", "0"]) == 2
+    assert "--top: expected >= 1" in capsys.readouterr().err

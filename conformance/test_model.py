@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 from lmspec import reference
 from lmspec.conformance import _check as check
 from lmspec.conformance import _results
+from lmspec.conformance._model_naive import F64_FROM_F32 as _F64_FROM_F32
+from lmspec.conformance._model_naive import naive as _naive
+from lmspec.conformance._model_naive import ref as _ref
 from lmspec.reference.model import router_selection
 from lmspec.spec import Case
-from lmspec.spec._tolerance import FLOOR_ULPS, K, eps_of, floor_for, judge
+from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for, judge
 from lmspec.spec.model import COMPONENT, FAMILIES, MoEConfig, init_params, model_cases
 
 STEM = COMPONENT.stem
@@ -39,77 +42,6 @@ def _params64(case: Case, dtype) -> dict[str, np.ndarray]:
 
 def _inputs(case: Case) -> dict:
     return {n: case.arrays.get(n) for n in ("tokens", *OPT)}
-
-
-# float64's naive error is modelled as float32's scaled by the ratio of unit roundoffs, as
-# for the components (conformance/_inputs.py), so a float64 backend is not held to zero.
-_F64_FROM_F32 = 2.0**-29
-
-
-def _modelled(exact, rough):
-    if isinstance(exact, dict):
-        return {n: _modelled(exact[n], rough[n]) for n in exact}
-    if isinstance(exact, (tuple, list)):
-        return type(exact)(_modelled(e, r) for e, r in zip(exact, rough))
-    if isinstance(exact, np.ndarray) and exact.dtype.kind == "f":
-        return exact + (np.asarray(rough, np.float64) - exact) * _F64_FROM_F32
-    return exact
-
-
-def _ref(fn: str, params, arrays, cfg, dtype=None, **kw):
-    """Reference in float64, or naive in ``dtype`` (params cast, every op rounded)."""
-    call = getattr(reference, fn)
-    if dtype is None:
-        return call(params, **arrays, config=cfg, **kw)
-    if np.dtype(dtype) == np.float64:
-        return _modelled(call(params, **arrays, config=cfg, **kw),
-                         _ref(fn, params, arrays, cfg, np.float32, **kw))
-    with reference.computing_in(dtype):
-        return call({n: a.astype(dtype) for n, a in params.items()}, **arrays, config=cfg, **kw)
-
-
-# One naive evaluation is one draw of rounding errors, and a whole model's gradients are
-# sensitive to the draw: a cancellation (rms_norm's backward over a tiny vector, a softmax's
-# p - onehot) can happen to come out nearly exact in the naive order and not in another equally
-# valid one (measured: a lightning layer's wq gradient, float32, naive error 3.6e-9 in one draw
-# and 4e-7 in the next, while torch and jax land at 1e-7 and 2e-7). So the naive error is the
-# largest over DRAWS evaluations: the naive itself and the naive at parameters moved by one ulp
-# of the dtype (random signs), judged against the float64 reference at the unmoved parameters.
-# Moving the parameters by one ulp costs what rounding them would (measured 1e-10 there, well
-# below the rounding of the intermediates), so the bound grows by at most that.
-DRAWS = 4
-
-
-def _jittered(params, dtype, seed: int) -> dict[str, np.ndarray]:
-    """``params`` (already in ``dtype``) each moved by one ulp of ``dtype``, random signs."""
-    rng = np.random.default_rng(seed)
-    eps = eps_of(dtype)
-    return {n: (a * (1 + eps * rng.choice((-1.0, 1.0), np.shape(a)))).astype(dtype)
-            .astype(np.float64) for n, a in params.items()}
-
-
-def _worst(ref, draws):
-    """Per array, the draw farthest from ``ref`` (what the judge reads as the naive)."""
-    if isinstance(ref, dict):
-        return {n: _worst(ref[n], [d[n] for d in draws]) for n in ref}
-    if isinstance(ref, (tuple, list)):
-        return type(ref)(_worst(r, [d[i] for d in draws]) for i, r in enumerate(ref))
-    if ref is None or np.asarray(ref).dtype.kind != "f":
-        return draws[0]
-    with np.errstate(invalid="ignore"):
-        errs = [float(np.nanmax(np.abs(np.asarray(d, np.float64) - ref), initial=0.0))
-                for d in draws]
-    return draws[int(np.argmax(errs))]
-
-
-def _naive(fn: str, params, arrays, cfg, dtype, ref):
-    """The worst of DRAWS naive evaluations (see DRAWS), per array; for float64 the float32
-    draws scaled as in ``_modelled``."""
-    rough = np.float32 if np.dtype(dtype) == np.float64 else dtype
-    draws = [_ref(fn, params if s == 0 else _jittered(params, rough, s), arrays, cfg, rough)
-             for s in range(DRAWS)]
-    worst = _worst(ref, draws)
-    return _modelled(ref, worst) if np.dtype(dtype) == np.float64 else worst
 
 
 def _native(target, params, arrays):

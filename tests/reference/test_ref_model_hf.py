@@ -252,3 +252,41 @@ def test_errors_name_what_is_wrong(tmp_path):
         ck.load_hf_dir(tmp_path / "d")
     with pytest.raises(FileExistsError):
         ck.save_hf_dir(tmp_path / "d", config, init_params(config), "mixtral")
+
+
+@pytest.mark.parametrize("backend_name", ["torch_triton", "jax_xla"])
+def test_backends_in_float32_on_loaded_checkpoints(backend_name, tmp_path):
+    """Each backend runs the checkpoints lmspec loads in float32, within the tolerance
+    policy of the float64 reference (which equals transformers' float64 logits), and hence
+    within that bound plus transformers' own float32 error of transformers' float32 logits."""
+    from lmspec import backends
+    from lmspec.conformance._model_naive import naive
+    from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for
+
+    try:
+        b = backends.load(backend_name)
+    except backends.BackendUnavailable as e:
+        pytest.skip(str(e))
+    for case in CASES:
+        src = tmp_path / case
+        _build(case, src, seed=2)
+        config, params = ck.load_hf_dir(src, dtype=np.float64)
+        p32 = {n: a.astype(np.float32).astype(np.float64) for n, a in params.items()}
+        ref = ref_model(p32, TOKENS, config=config)[0]
+        nv = np.asarray(naive("model", p32, {"tokens": TOKENS}, config, np.float32,
+                              (ref, None))[0], np.float64)
+        got = np.asarray(b.to_numpy(b.fn("model")(
+            {n: b.asarray(a, "float32") for n, a in p32.items()}, b.asarray(TOKENS, None),
+            config=config)[0]), np.float64)
+        scale = float(np.abs(ref).max())
+        bound = K["output"] * float(np.abs(nv - ref).max()) + floor_for(np.float32, FLOOR_ULPS,
+                                                                        scale)
+        err = float(np.abs(got - ref).max())
+        assert err <= bound, f"{case}: {backend_name} error {err:.3g} > bound {bound:.3g}"
+        hf = _load_hf(src).float()
+        with torch.no_grad():
+            hf32 = hf(torch.from_numpy(TOKENS)).logits.double().numpy()
+        hf_err = float(np.abs(hf32 - ref).max())
+        print(f"{case}: {backend_name} {err:.3g} (bound {bound:.3g}), transformers float32 "
+              f"{hf_err:.3g}, apart {np.abs(got - hf32).max():.3g}")
+        assert float(np.abs(got - hf32).max()) <= bound + hf_err

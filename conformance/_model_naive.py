@@ -1,0 +1,80 @@
+"""The naive baseline of whole models: the reference in a lower dtype, as a worst of several
+rounding draws (see DRAWS), float64's modelled from float32's. Shared by the model conformance
+tests and the checkpoint tests that judge backends and transformers on the same footing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lmspec import reference
+from lmspec.spec._tolerance import eps_of
+
+# float64's naive error is modelled as float32's scaled by the ratio of unit roundoffs, as
+# for the components (conformance/_inputs.py), so a float64 backend is not held to zero.
+F64_FROM_F32 = 2.0**-29
+
+
+def modelled(exact, rough):
+    if isinstance(exact, dict):
+        return {n: modelled(exact[n], rough[n]) for n in exact}
+    if isinstance(exact, (tuple, list)):
+        return type(exact)(modelled(e, r) for e, r in zip(exact, rough))
+    if isinstance(exact, np.ndarray) and exact.dtype.kind == "f":
+        return exact + (np.asarray(rough, np.float64) - exact) * F64_FROM_F32
+    return exact
+
+
+def ref(fn: str, params, arrays, cfg, dtype=None, **kw):
+    """Reference in float64, or naive in ``dtype`` (params cast, every op rounded)."""
+    call = getattr(reference, fn)
+    if dtype is None:
+        return call(params, **arrays, config=cfg, **kw)
+    if np.dtype(dtype) == np.float64:
+        return modelled(call(params, **arrays, config=cfg, **kw),
+                        ref(fn, params, arrays, cfg, np.float32, **kw))
+    with reference.computing_in(dtype):
+        return call({n: a.astype(dtype) for n, a in params.items()}, **arrays, config=cfg, **kw)
+
+
+# One naive evaluation is one draw of rounding errors, and a whole model's gradients are
+# sensitive to the draw: a cancellation (rms_norm's backward over a tiny vector, a softmax's
+# p - onehot) can happen to come out nearly exact in the naive order and not in another equally
+# valid one (measured: a lightning layer's wq gradient, float32, naive error 3.6e-9 in one draw
+# and 4e-7 in the next, while torch and jax land at 1e-7 and 2e-7). So the naive error is the
+# largest over DRAWS evaluations: the naive itself and the naive at parameters moved by one ulp
+# of the dtype (random signs), judged against the float64 reference at the unmoved parameters.
+# Moving the parameters by one ulp costs what rounding them would (measured 1e-10 there, well
+# below the rounding of the intermediates), so the bound grows by at most that.
+DRAWS = 4
+
+
+def jittered(params, dtype, seed: int) -> dict[str, np.ndarray]:
+    """``params`` (already in ``dtype``) each moved by one ulp of ``dtype``, random signs."""
+    rng = np.random.default_rng(seed)
+    eps = eps_of(dtype)
+    return {n: (a * (1 + eps * rng.choice((-1.0, 1.0), np.shape(a)))).astype(dtype)
+            .astype(np.float64) for n, a in params.items()}
+
+
+def worst(exact, draws):
+    """Per array, the draw farthest from ``exact`` (what the judge reads as the naive)."""
+    if isinstance(exact, dict):
+        return {n: worst(exact[n], [d[n] for d in draws]) for n in exact}
+    if isinstance(exact, (tuple, list)):
+        return type(exact)(worst(r, [d[i] for d in draws]) for i, r in enumerate(exact))
+    if exact is None or np.asarray(exact).dtype.kind != "f":
+        return draws[0]
+    with np.errstate(invalid="ignore"):
+        errs = [float(np.nanmax(np.abs(np.asarray(d, np.float64) - exact), initial=0.0))
+                for d in draws]
+    return draws[int(np.argmax(errs))]
+
+
+def naive(fn: str, params, arrays, cfg, dtype, exact):
+    """The worst of DRAWS naive evaluations (see DRAWS) against ``exact`` (the float64
+    reference's result), per array; for float64 the float32 draws scaled as in ``modelled``."""
+    rough = np.float32 if np.dtype(dtype) == np.float64 else dtype
+    draws = [ref(fn, params if s == 0 else jittered(params, rough, s), arrays, cfg, rough)
+             for s in range(DRAWS)]
+    far = worst(exact, draws)
+    return modelled(exact, far) if np.dtype(dtype) == np.float64 else far

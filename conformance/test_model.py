@@ -376,8 +376,8 @@ def test_moe_with_one_expert_equals_dense(target, case):
     cfg, params, arrays = _prepared(target, case)
     moe_cfg = cfg.replace(moe=MoEConfig(n_experts=1, top_k=1, d_expert=cfg.d_ff))
     moe_params = dict(params)
-    for i in range(cfg.n_layers):
-        pre = f"layers.{i}."
+    blocks = [f"layers.{i}." for i in range(cfg.n_layers)]
+    for pre in blocks + [f"mtp.{j}." for j in range(cfg.mtp_depth)]:  # MTP: names only
         moe_params[pre + "moe.router"] = np.ones((cfg.d_model, 1))
         for n in ("w_gate", "w_up", "w_down"):
             moe_params[pre + "moe." + n] = moe_params.pop(pre + "ffn." + n)[None]

@@ -184,7 +184,8 @@ def _moe(P, pre, h, cfg, stats):
              "shared_gate")
     ws = [P.get(q + n) for n in names]
     y, _ = moe_layer(h2, ids, w, *ws, capacity_factor=m.capacity_factor)
-    layer = {"scores": scores, "ids": ids, "logits": lr, "d_scores": None, "d_logits": None}
+    layer = {"scores": scores, "ids": ids, "logits": lr, "d_scores": None, "d_logits": None,
+             "prefix": pre}
     stats.append(layer)
 
     def back(dout, grads):
@@ -210,8 +211,67 @@ def _moe(P, pre, h, cfg, stats):
 _MIXERS = {"linear": _lightning}
 
 
-def _forward(params, tokens, positions, segment_ids, caches, config):
-    """logits, new caches, MoE stats, and the backward closures in forward order."""
+def _layer(P, pre, x, pos, seg, cache, config, i, kind, stats, tape):
+    """One pre-norm block (mixer, then FFN) on the residual stream x; appends its two
+    (norm name, input, backward) entries to ``tape``; returns x and the mixer's cache."""
+    eps = config.norm_eps
+    mixer = _MIXERS.get(kind, _mla if config.mla is not None else _gqa)
+    h = rms_norm(x, P[pre + "attn_norm"], eps=eps)
+    out, cache, back = mixer(P, pre + "attn.", h, pos, seg, cache, config, i)
+    tape.append(("norm", pre + "attn_norm", x, back))
+    x = f(x + out)
+    h = rms_norm(x, P[pre + "ffn_norm"], eps=eps)
+    ffn = _moe if config.is_moe_layer(i) else _dense_ffn
+    out, back = ffn(P, pre, h, config, stats)
+    tape.append(("norm", pre + "ffn_norm", x, back))
+    return f(x + out), cache
+
+
+def _blocks_back(dx, entries, P, grads, eps):
+    """Back through a run of ``_layer`` tape entries: d output -> d input."""
+    for _, norm_name, x_in, back in reversed(entries):
+        dh = back(dx, grads)
+        gn = rms_norm_vjp(dh, x_in, P[norm_name], eps=eps)
+        _acc(grads, norm_name, gn["weight"])
+        dx = f(dx + gn["x"])
+    return dx
+
+
+def _shifted(a, k: int, fill):
+    """a (B, T) moved k to the left, the last k columns ``fill``."""
+    out = np.full_like(a, fill)
+    out[:, :max(a.shape[1] - k, 0)] = a[:, k:]
+    return out
+
+
+def _mtp_forward(P, x, tokens, pos, seg, config, stats):
+    """DeepSeek-V3's MTP modules on the main stack's last hidden state x (before the final
+    norm); per module a record for the loss and the backward."""
+    eps, head, recs, h = config.norm_eps, _head(P, config), [], x
+    for j in range(config.mtp_depth):
+        pre = f"mtp.{j}."
+        nxt = _shifted(tokens, j + 1, 0)  # module j reads t_{i+j+1} (0 where none)
+        e = embedding(nxt, P["embed"])
+        cat = np.concatenate([rms_norm(e, P[pre + "enorm"], eps=eps),
+                              rms_norm(h, P[pre + "hnorm"], eps=eps)], axis=-1)
+        z = matmul(cat, P[pre + "eh_proj"])
+        blocks: list = []
+        y, _ = _layer(P, pre, z, pos, seg, None, config, config.n_layers + j, "softmax", stats,
+                      blocks)
+        yn = rms_norm(y, P[pre + "final_norm"], eps=eps)
+        recs.append({"pre": pre, "tokens": nxt, "e": e, "cat": cat, "blocks": blocks, "h": h,
+                     "y": y, "yn": yn, "logits": matmul(yn, head)})
+        h = y
+    return recs
+
+
+def _head(P, config):
+    return P["embed"].T if config.tie_embeddings else P["lm_head"]  # (D, V)
+
+
+def _forward(params, tokens, positions, segment_ids, caches, config, mtp=False):
+    """logits, new caches, MoE stats, the backward tape in forward order, the parameters as
+    computed, the tokens, and (with ``mtp``) the MTP modules' records."""
     P = {n: f(a) for n, a in params.items()}
     tokens = np.asarray(tokens)
     check_tokens(tokens, config.vocab_size)
@@ -224,44 +284,57 @@ def _forward(params, tokens, positions, segment_ids, caches, config):
     seg = None if segment_ids is None else np.asarray(segment_ids)
     x = embedding(tokens, P["embed"])  # (B, T, D)
     tape, new_caches, stats = [("embed", None)], [], []
-    eps = config.norm_eps
     for i, kind in enumerate(config.layer_kinds()):
-        pre = f"layers.{i}."
-        mixer = _MIXERS.get(kind, _mla if config.mla is not None else _gqa)
-        h = rms_norm(x, P[pre + "attn_norm"], eps=eps)
-        out, cache, back = mixer(P, pre + "attn.", h, pos, seg,
-                                 None if caches is None else caches[i], config, i)
-        tape.append(("norm", pre + "attn_norm", x, back))
-        x = f(x + out)
+        x, cache = _layer(P, f"layers.{i}.", x, pos, seg, None if caches is None else caches[i],
+                          config, i, kind, stats, tape)
         new_caches.append(cache)
-        h = rms_norm(x, P[pre + "ffn_norm"], eps=eps)
-        ffn = _moe if config.is_moe_layer(i) else _dense_ffn
-        out, back = ffn(P, pre, h, config, stats)
-        tape.append(("norm", pre + "ffn_norm", x, back))
-        x = f(x + out)
-    xn = rms_norm(x, P["final_norm"], eps=eps)
-    head = P["embed"].T if config.tie_embeddings else P["lm_head"]
+    xn = rms_norm(x, P["final_norm"], eps=config.norm_eps)
+    head = _head(P, config)
     logits = matmul(xn, head)  # (B, T, V)
     tape.append(("head", x, xn, head))
-    return logits, new_caches, stats, tape, P, tokens
+    recs = _mtp_forward(P, x, tokens, pos, seg, config, stats) if mtp else []
+    return logits, new_caches, stats, tape, P, tokens, recs
 
 
-def _backward(dlogits, tape, P, tokens, config) -> dict:
-    grads: dict = {}
-    eps = config.norm_eps
-    _, x, xn, head = tape[-1]
+def _head_back(dlogits, x, xn, norm_name, P, head, grads, config):
+    """d logits -> d x through ``logits = rms(x, norm) head``; accumulates head and norm."""
     b, t, v = dlogits.shape
-    dxn = matmul(dlogits, f(head).T)
     dhead = matmul(xn.reshape(b * t, -1).T, dlogits.reshape(b * t, v))  # (D, V)
     _acc(grads, "embed" if config.tie_embeddings else "lm_head",
          dhead.T if config.tie_embeddings else dhead)
-    g = rms_norm_vjp(dxn, x, P["final_norm"], eps=eps)
-    grads["final_norm"], dx = g["weight"], g["x"]
-    for _, norm_name, x_in, back in reversed(tape[1:-1]):
-        dh = back(dx, grads)
-        gn = rms_norm_vjp(dh, x_in, P[norm_name], eps=eps)
-        _acc(grads, norm_name, gn["weight"])
-        dx = f(dx + gn["x"])
+    g = rms_norm_vjp(matmul(dlogits, f(head).T), x, P[norm_name], eps=config.norm_eps)
+    _acc(grads, norm_name, g["weight"])
+    return g["x"]
+
+
+def _mtp_back(d_mtp, recs, P, grads, config):
+    """The MTP modules' backward, last first: d (main stack's last hidden state)."""
+    eps, d, dh = config.norm_eps, config.d_model, None
+    for rec, dl in zip(reversed(recs), reversed(d_mtp)):
+        pre = rec["pre"]
+        dy = _head_back(dl, rec["y"], rec["yn"], pre + "final_norm", P, _head(P, config),
+                        grads, config)
+        if dh is not None:
+            dy = f(dy + dh)
+        dz = _blocks_back(dy, rec["blocks"], P, grads, eps)
+        dcat = _linear_back(dz, rec["cat"], P[pre + "eh_proj"], grads, pre + "eh_proj")
+        ge = rms_norm_vjp(dcat[..., :d], rec["e"], P[pre + "enorm"], eps=eps)
+        _acc(grads, pre + "enorm", ge["weight"])
+        _acc(grads, "embed", embedding_vjp(ge["x"], rec["tokens"], P["embed"])["table"])
+        gh = rms_norm_vjp(dcat[..., d:], rec["h"], P[pre + "hnorm"], eps=eps)
+        _acc(grads, pre + "hnorm", gh["weight"])
+        dh = gh["x"]
+    return dh
+
+
+def _backward(dlogits, tape, P, tokens, config, recs=(), d_mtp=()) -> dict:
+    grads: dict = {}
+    _, x, xn, head = tape[-1]
+    dh = _mtp_back(d_mtp, recs, P, grads, config) if recs else None
+    dx = _head_back(dlogits, x, xn, "final_norm", P, head, grads, config)
+    if dh is not None:
+        dx = f(dx + dh)
+    dx = _blocks_back(dx, tape[1:-1], P, grads, config.norm_eps)
     _acc(grads, "embed", embedding_vjp(dx, tokens, P["embed"])["table"])
     return {n: grads[n] for n in trainable(config)}
 
@@ -273,8 +346,19 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *, conf
     return logits, (new_caches if use_cache or caches is not None else None)
 
 
-def _loss(logits, stats, tokens, targets, config, n_tokens):
-    """loss, metrics, d loss / d logits; records the balance terms' cotangents in stats."""
+def mtp_targets(targets, segment_ids, k: int):
+    """What MTP module k - 1 (k = 1, 2, ...) predicts at position i: targets[i + k], ignored
+    where there is none or it lies in another document."""
+    tg = _shifted(np.asarray(targets), k, IGNORE_INDEX)
+    if segment_ids is not None:
+        seg = np.asarray(segment_ids)
+        tg[_shifted(seg, k, -1) != seg] = IGNORE_INDEX
+    return tg
+
+
+def _loss(logits, stats, tokens, targets, config, n_tokens, recs=(), segment_ids=None):
+    """loss, metrics, d loss / d logits, d loss / d each MTP module's logits; records the
+    balance terms' cotangents in stats."""
     v = logits.shape[-1]
     tg = np.asarray(targets).reshape(-1)
     n_valid = int(np.sum(tg != IGNORE_INDEX))
@@ -301,11 +385,20 @@ def _loss(logits, stats, tokens, targets, config, n_tokens):
             balance = f(balance + moe_balance_loss(layer["logits"], None, **kw))
             layer["d_logits"] = moe_balance_loss_vjp(c(1.0), layer["logits"], None,
                                                      **kw)["scores"]
-    loss = f(ce + balance)
+    mtp, d_mtp = c(0.0), []
+    for k, rec in enumerate(recs, 1):  # each module: its CE summed over its targets / n
+        tg_k = mtp_targets(targets, segment_ids, k).reshape(-1)
+        scale = c(config.mtp_loss_weight / config.mtp_depth * int(np.sum(tg_k != IGNORE_INDEX))
+                  / max(n, 1))
+        flat_k = rec["logits"].reshape(-1, v)
+        mtp = f(mtp + f(cross_entropy(flat_k, tg_k, z_loss=config.z_loss) * scale))
+        d_mtp.append(cross_entropy_vjp(scale, flat_k, tg_k, z_loss=config.z_loss)["logits"]
+                     .reshape(rec["logits"].shape))
+    loss = f(f(ce + balance) + mtp)
     e = 0 if m is None else m.n_experts
-    metrics = {"ce": float(ce), "balance": float(balance), "n_tokens": n_valid,
-               "loads": np.array(loads, np.int64).reshape(len(loads), e)}
-    return loss, metrics, dlogits.reshape(logits.shape)
+    metrics = {"ce": float(ce), "balance": float(balance), "mtp": float(mtp),
+               "n_tokens": n_valid, "loads": np.array(loads, np.int64).reshape(len(loads), e)}
+    return loss, metrics, dlogits.reshape(logits.shape), d_mtp
 
 
 def _check_targets(tokens, targets) -> None:
@@ -320,8 +413,10 @@ def model_loss(params, tokens, targets, positions=None, segment_ids=None, *, con
                n_tokens=None):
     check_args(params, tokens, positions, segment_ids, None, config=config)
     _check_targets(tokens, targets)
-    logits, _, stats, *_ = _forward(params, tokens, positions, segment_ids, None, config)
-    loss, metrics, _ = _loss(logits, stats, tokens, targets, config, n_tokens)
+    logits, _, stats, *_, recs = _forward(params, tokens, positions, segment_ids, None, config,
+                                          mtp=True)
+    loss, metrics, *_ = _loss(logits, stats, tokens, targets, config, n_tokens, recs,
+                              segment_ids)
     return loss, metrics
 
 
@@ -329,24 +424,26 @@ def model_grad(params, tokens, targets, positions=None, segment_ids=None, *, con
                n_tokens=None):
     check_args(params, tokens, positions, segment_ids, None, config=config)
     _check_targets(tokens, targets)
-    logits, _, stats, tape, P, toks = _forward(params, tokens, positions, segment_ids, None,
-                                               config)
-    loss, metrics, dlogits = _loss(logits, stats, tokens, targets, config, n_tokens)
-    return loss, metrics, _backward(dlogits, tape, P, toks, config)
+    logits, _, stats, tape, P, toks, recs = _forward(params, tokens, positions, segment_ids,
+                                                     None, config, mtp=True)
+    loss, metrics, dlogits, d_mtp = _loss(logits, stats, tokens, targets, config, n_tokens,
+                                          recs, segment_ids)
+    return loss, metrics, _backward(dlogits, tape, P, toks, config, recs, d_mtp)
 
 
-__all__ = ["model", "model_grad", "model_loss", "router_selection"]
+__all__ = ["model", "model_grad", "model_loss", "mtp_targets", "router_selection"]
 
 
 def router_selection(params, tokens, positions=None, segment_ids=None, *, config):
-    """Per MoE layer: the selection scores u = s + bias (N, E), the chosen ids (N, k) and the
-    smallest margin of the choice (between the k-th and (k+1)-th largest u of a row, and
-    between the kept and dropped group scores): what conformance reads to find knife edges."""
-    _, _, stats, *_ = _forward(params, tokens, positions, segment_ids, None, config)
+    """Per MoE layer (the MTP modules' last): the selection scores u = s + bias (N, E), the
+    chosen ids (N, k) and the smallest margin of the choice (between the k-th and (k+1)-th
+    largest u of a row, and between the kept and dropped group scores): what conformance
+    reads to find knife edges."""
+    _, _, stats, *_ = _forward(params, tokens, positions, segment_ids, None, config, mtp=True)
     m, out = config.moe, []
-    for layer, i in zip(stats, [j for j in range(config.n_layers) if config.is_moe_layer(j)]):
+    for layer in stats:  # the main stack's MoE layers, then the MTP modules'
         s = np.asarray(layer["scores"], np.float64)
-        bias = params.get(f"layers.{i}.moe.router_bias")
+        bias = params.get(layer["prefix"] + "moe.router_bias")
         u = s if bias is None else s + np.asarray(bias, np.float64)
         margins = [np.inf]
         top = -np.sort(-u, axis=-1)

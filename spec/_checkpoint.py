@@ -323,6 +323,7 @@ def config_to_hf(config: ModelConfig, model_type: str, *,
     that type cannot express). Training-only fields (z_loss, balance terms) are dropped."""
     c, mt = config, _check_model_type(model_type)
     _need(c.hybrid is None, mt, "hybrid")
+    _need(c.mtp_depth == 0, mt, f"mtp_depth={c.mtp_depth} (transformers has no MTP modules)")
     _need(c.rotary_dim is None or c.mla is not None or c.rotary_dim == c.hd, mt,
           f"rotary_dim={c.rotary_dim} (partial rotary)")
     moe, mla = c.moe, c.mla

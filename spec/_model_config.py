@@ -153,6 +153,8 @@ class ModelConfig:
     moe: MoEConfig | None = None
     hybrid: HybridConfig | None = None
     z_loss: float = 0.0
+    mtp_depth: int = 0
+    mtp_loss_weight: float = 0.3
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +184,10 @@ class ModelConfig:
             require(self.moe.first_k_dense <= self.n_layers, ValueError,
                     "moe.first_k_dense: expected <= n_layers")
         require(self.z_loss >= 0, ValueError, f"z_loss: expected >= 0, got {self.z_loss}")
+        require(isinstance(self.mtp_depth, int) and self.mtp_depth >= 0, ValueError,
+                f"mtp_depth: expected an integer >= 0, got {self.mtp_depth!r}")
+        require(self.mtp_loss_weight >= 0, ValueError,
+                f"mtp_loss_weight: expected >= 0, got {self.mtp_loss_weight}")
 
     # -- derived
     @property
@@ -200,6 +206,7 @@ class ModelConfig:
                              self.hybrid.softmax_first).layers()
 
     def is_moe_layer(self, i: int) -> bool:
+        """Layer i (MTP module j's block is layer n_layers + j) has a MoE FFN."""
         return self.moe is not None and i >= self.moe.first_k_dense
 
     def window(self, i: int) -> int | None:
@@ -302,6 +309,17 @@ def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["final_norm"] = (c.d_model,)
     if not c.tie_embeddings:
         shapes["lm_head"] = (c.d_model, c.vocab_size)
+    for j in range(c.mtp_depth):  # DeepSeek-V3 multi-token prediction: block = layer L + j
+        p = f"mtp.{j}."
+        shapes[p + "enorm"] = shapes[p + "hnorm"] = (c.d_model,)
+        shapes[p + "eh_proj"] = (2 * c.d_model, c.d_model)
+        shapes[p + "attn_norm"] = (c.d_model,)
+        for n, s in _attention_shapes(c, "softmax").items():
+            shapes[p + "attn." + n] = s
+        shapes[p + "ffn_norm"] = (c.d_model,)
+        for n, s in _ffn_shapes(c, c.is_moe_layer(c.n_layers + j)).items():
+            shapes[p + n] = s
+        shapes[p + "final_norm"] = (c.d_model,)
     return shapes
 
 
@@ -354,11 +372,14 @@ def n_params(config: ModelConfig, *, trainable_only: bool = True) -> int:
 
 def active_params_per_token(config: ModelConfig) -> int:
     """Parameters one token's forward touches: routed experts count k of E; the embedding
-    table counts one row (the head counts whole, tied or not)."""
+    table counts one row (the head counts whole, tied or not); the MTP modules, which only
+    training (and speculative drafting) runs, count nothing."""
     c, total = config, 0
     for name, shape in param_shapes(config).items():
         size = math.prod(shape)
-        if name == "embed":
+        if name.startswith("mtp."):
+            size = 0
+        elif name == "embed":
             size = c.d_model if not c.tie_embeddings else size
         elif param_kind(name) == "buffer":
             size = 0

@@ -69,6 +69,9 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
               (E, D, Fe)  .w_down (E, Fe, D)  .shared.w_gate .shared.w_up .shared.w_down
               .shared_gate (D, 1)
         final_norm (D,)                      lm_head (D, V) (absent when tie_embeddings)
+        MTP (mtp_depth > 0), j < mtp_depth:  mtp.{j}.enorm .hnorm (D,)  .eh_proj (2D, D)
+              .attn_norm .attn.* .ffn_norm .ffn.* | .moe.*  (block = layer n_layers + j)
+              .final_norm (D,)
 
     Math, with ``rms(x, w) = rms_norm(x, w, eps=norm_eps)`` and every product in the compute
     dtype (accumulating in float32 or wider)::
@@ -129,13 +132,32 @@ def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
         balance = sum over MoE layers of moe.balance_coef
                   * moe_balance_loss(scores, ids, kind=moe.balance_loss, n_seq=B)
                   + moe.router_z_coef * moe_balance_loss(logits_r, None, kind="z")
-        loss    = ce + balance
+        mtp     = mtp_loss_weight / mtp_depth * sum_k sum_{valid i} ce^k_i / max(n, 1)
+        loss    = ce + balance + mtp
 
     (the balance terms count every token of the call, padding included; the cross-entropy
     term is ``cross_entropy``'s, times n_valid / n). ``loss`` is a 0-d float in float32 or
-    wider; ``metrics`` maps "ce", "balance" (floats), "n_tokens" (int, the valid count) and
-    "loads" ((n_moe_layers, E) integer assignments per expert, the input of
-    ``moe_bias_update``).
+    wider; ``metrics`` maps "ce", "balance", "mtp" (floats), "n_tokens" (int, the valid count)
+    and "loads" ((n_moe_layers, E) integer assignments per expert, the input of
+    ``moe_bias_update``; the main stack's MoE layers, then the MTP modules').
+
+    Multi-token prediction (DeepSeek-V3, section 2.2), modules k = 1 .. mtp_depth (names
+    ``mtp.{k-1}.``), h^0 the main stack's last hidden state (before ``final_norm``)::
+
+        h^k = block_{L+k-1}([rms(embed[t_{i+k}], enorm), rms(h^{k-1}_i, hnorm)] eh_proj)
+        logits^k = rms(h^k, mtp.{k-1}.final_norm) head        (the shared head)
+
+    (embedding first, as in DeepSeek-V3's released inference code and vLLM's deepseek_mtp,
+    whose ``eh_proj`` weights read it in that order; the paper's formula writes h first),
+    the block a softmax-attention layer (MLA or GQA as the model's; MoE if the model has
+    MoE), causal, on the same positions and segment ids; t_{i+k} = tokens[i + k] (token 0
+    past the end, where nothing is predicted). Module k predicts targets[i + k]
+    (``reference.model.mtp_targets``), ignored past the end and where position i + k lies in
+    another document. Each module's CE is summed over its targets and divided by the main
+    term's n, not by its own count: with gradient accumulation the sum of micro-batch
+    losses stays the whole batch's loss (DeepSeek-V3 averages over the module's own
+    predictions; the two differ by the k positions per sequence that have none). ``model``
+    does not run the MTP modules.
     """
     check_args(params, tokens, None, segment_ids, None, config=config)
     raise NotImplementedError("lmspec.spec states the contract; lmspec.reference computes it")
@@ -307,6 +329,10 @@ def model_configs(draw, family: str | None = None) -> ModelConfig:
                                       block_size=draw(st.sampled_from((1, 2, 4)))))
     else:
         raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
+    if family in ("dense", "deepseek"):  # MTP: DeepSeek-V3's, and with packed documents
+        depth = draw(st.sampled_from((0, 1, 2) if family == "deepseek" else (0, 0, 1)))
+        if depth:
+            kw.update(mtp_depth=depth, mtp_loss_weight=draw(st.sampled_from((0.3, 1.0))))
     return ModelConfig(name=family, **kw)
 
 

@@ -127,42 +127,89 @@ def _moe(P, pre, h, c: ModelConfig):
 # ----------------------------------------------------------------------------- the stack
 
 
-def _forward(P, tokens, pos, seg, caches, c: ModelConfig):
+def _layer(P, pre, x, pos, seg, cache, c: ModelConfig, i: int, kind: str, routers: list):
+    """One pre-norm block (mixer, then FFN) on the residual stream; returns x and the cache."""
+    mixer = _lightning if kind == "linear" else _mla if c.mla is not None else _gqa
+    h = rms_norm(x, P[pre + "attn_norm"], eps=c.norm_eps)
+    out, cache = mixer(P, pre + "attn.", h, pos, seg, cache, c, i)
+    x = x + out
+    h = rms_norm(x, P[pre + "ffn_norm"], eps=c.norm_eps)
+    if c.is_moe_layer(i):
+        out, r = _moe(P, pre, h, c)
+        routers.append(r)
+    else:
+        out = swiglu(h, P[pre + "ffn.w_gate"], P[pre + "ffn.w_up"], P[pre + "ffn.w_down"])
+    return x + out, cache
+
+
+def _head(P, c: ModelConfig):
+    return P["embed"].T if c.tie_embeddings else P["lm_head"]  # (D, V)
+
+
+def _shifted(a, k: int, fill):
+    """a (B, T) moved k to the left, the last min(k, T) columns ``fill`` (k static)."""
+    b, t = a.shape
+    return jnp.concatenate([a[:, k:], jnp.full((b, min(k, t)), fill, a.dtype)], axis=1)
+
+
+def _mtp(P, x, tokens, pos, seg, c: ModelConfig, routers: list) -> list:
+    """DeepSeek-V3's MTP modules on the main stack's last hidden state x (before the final
+    norm): each module's logits (B, T, V)."""
+    out, h = [], x
+    for j in range(c.mtp_depth):
+        pre = f"mtp.{j}."
+        e = embedding(_shifted(tokens, j + 1, 0), P["embed"])  # t_{i+j+1}
+        cat = jnp.concatenate([rms_norm(e, P[pre + "enorm"], eps=c.norm_eps),
+                               rms_norm(h, P[pre + "hnorm"], eps=c.norm_eps)], axis=-1)
+        h, _ = _layer(P, pre, _mm(cat, P[pre + "eh_proj"]), pos, seg, None, c,
+                      c.n_layers + j, "softmax", routers)
+        out.append(_mm(rms_norm(h, P[pre + "final_norm"], eps=c.norm_eps), _head(P, c)))
+    return out
+
+
+def _forward(P, tokens, pos, seg, caches, c: ModelConfig, mtp: bool = False):
     """Traceable: tokens, pos (B, T) int32, seg (B, T) or None -> logits (B, T, V), the
-    extended caches (one dict per layer) and the MoE layers' router outputs."""
+    extended caches (one dict per layer), the MoE layers' router outputs (the MTP modules'
+    last) and (with ``mtp``) the MTP modules' logits."""
     x = embedding(tokens, P["embed"])  # (B, T, D) residual stream, compute dtype
     new_caches, routers = [], []
     for i, kind in enumerate(c.layer_kinds()):
-        pre = f"layers.{i}."
-        mixer = _lightning if kind == "linear" else _mla if c.mla is not None else _gqa
-        h = rms_norm(x, P[pre + "attn_norm"], eps=c.norm_eps)
-        out, cache = mixer(P, pre + "attn.", h, pos, seg,
-                           None if caches is None else caches[i], c, i)
-        x = x + out
+        x, cache = _layer(P, f"layers.{i}.", x, pos, seg, None if caches is None else caches[i],
+                          c, i, kind, routers)
         new_caches.append(cache)
-        h = rms_norm(x, P[pre + "ffn_norm"], eps=c.norm_eps)
-        if c.is_moe_layer(i):
-            out, r = _moe(P, pre, h, c)
-            routers.append(r)
-        else:
-            out = swiglu(h, P[pre + "ffn.w_gate"], P[pre + "ffn.w_up"], P[pre + "ffn.w_down"])
-        x = x + out
-    xn = rms_norm(x, P["final_norm"], eps=c.norm_eps)
-    head = P["embed"].T if c.tie_embeddings else P["lm_head"]  # (D, V)
-    return _mm(xn, head), new_caches, routers
+    logits = _mm(rms_norm(x, P["final_norm"], eps=c.norm_eps), _head(P, c))
+    return logits, new_caches, routers, (_mtp(P, x, tokens, pos, seg, c, routers) if mtp else [])
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _model_jit(P, tokens, pos, seg, caches, config):
-    logits, new_caches, _ = _forward(P, tokens, pos, seg, caches, config)
+    logits, new_caches, *_ = _forward(P, tokens, pos, seg, caches, config)
     return logits, new_caches
 
 
-def _objective(train, buffers, tokens, targets, pos, seg, ratio, config: ModelConfig):
-    """loss (0-d f32) and (ce, balance, loads (n_moe, E) int32); ratio = n_valid / max(n, 1)."""
-    logits, _, routers = _forward({**train, **buffers}, tokens, pos, seg, None, config)
+def _mtp_targets(targets, seg, k: int):
+    """What MTP module k predicts at i: targets[i + k], ignored where there is none or it lies
+    in another document."""
+    tg = _shifted(targets, k, IGNORE_INDEX)
+    return tg if seg is None else jnp.where(_shifted(seg, k, -1) != seg, IGNORE_INDEX, tg)
+
+
+def _objective(train, buffers, tokens, targets, pos, seg, n_div, config: ModelConfig):
+    """loss (0-d f32) and (ce, balance, mtp, loads (n_moe, E) int32); n_div = max(n, 1)."""
+    logits, _, routers, mtp_logits = _forward({**train, **buffers}, tokens, pos, seg, None,
+                                              config, mtp=True)
     v = logits.shape[-1]
-    ce = cross_entropy(logits.reshape(-1, v), targets.reshape(-1), z_loss=config.z_loss) * ratio
+
+    def summed(lg, tg):  # sum over valid targets / n, as cross_entropy's mean * n_valid / n
+        n_k = jnp.sum(tg != IGNORE_INDEX).astype(jnp.float32)
+        return cross_entropy(lg.reshape(-1, v), tg.reshape(-1), z_loss=config.z_loss) * (
+            n_k / n_div)
+
+    ce = summed(logits, targets)
+    mtp = jnp.float32(0.0)
+    for k, lg in enumerate(mtp_logits, 1):
+        mtp = mtp + summed(lg, _mtp_targets(targets, seg, k)) * (
+            config.mtp_loss_weight / config.mtp_depth)
     balance, loads, m = jnp.float32(0.0), [], config.moe
     for logits_r, ids, scores in routers:  # (N, E), (N, k), (N, E)
         loads.append(jnp.bincount(ids.reshape(-1), length=m.n_experts))
@@ -174,8 +221,9 @@ def _objective(train, buffers, tokens, targets, pos, seg, ratio, config: ModelCo
                                                  alpha=m.router_z_coef)
     e = 0 if m is None else m.n_experts
     loads = jnp.stack(loads) if loads else jnp.zeros((0, e), jnp.int32)
-    loss = (ce + balance).astype(jnp.float32)
-    return loss, (ce.astype(jnp.float32), balance.astype(jnp.float32), loads.astype(jnp.int32))
+    loss = (ce + balance + mtp).astype(jnp.float32)
+    return loss, tuple(a.astype(jnp.float32) for a in (ce, balance, mtp)) + (
+        loads.astype(jnp.int32),)
 
 
 _loss_jit = jax.jit(_objective, static_argnames=("config",))
@@ -228,13 +276,14 @@ def _loss_inputs(params, tokens, targets, positions, segment_ids, config, n_toke
     names = set(trainable(config))
     train = {k: a for k, a in params.items() if k in names}
     buffers = {k: a for k, a in params.items() if k not in names}
-    ratio = jnp.float32(n_valid / max(n, 1))  # traced: no recompile per count
-    return (train, buffers, toks, _int32(tg), pos, seg, ratio), n_valid
+    n_div = jnp.float32(max(n, 1))  # traced: no recompile per count
+    return (train, buffers, toks, _int32(tg), pos, seg, n_div), n_valid
 
 
 def _metrics(aux, n_valid: int) -> dict:
-    ce, balance, loads = aux
-    return {"ce": float(ce), "balance": float(balance), "n_tokens": n_valid, "loads": loads}
+    ce, balance, mtp, loads = aux
+    return {"ce": float(ce), "balance": float(balance), "mtp": float(mtp), "n_tokens": n_valid,
+            "loads": loads}
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,

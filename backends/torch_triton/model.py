@@ -145,8 +145,47 @@ def _positions(positions, segment_ids, caches, b: int, t: int, device) -> torch.
     return pos
 
 
-def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig):
-    """logits (B, T, V), the new per-layer caches, the MoE layers' router stats."""
+def _layer(P, pre, x, pos, seg, cache, config: ModelConfig, i: int, kind: str, stats: list):
+    """One pre-norm block (mixer, then FFN) on the residual stream; returns x and the cache."""
+    mixer = _lightning if kind == "linear" else _mla if config.mla is not None else _gqa
+    h = rms_norm(x, P[pre + "attn_norm"], eps=config.norm_eps)
+    out, cache = mixer(P, pre + "attn.", h, pos, seg, cache, config, i)
+    x = x + out
+    ffn = _moe if config.is_moe_layer(i) else _dense_ffn
+    return x + ffn(P, pre, rms_norm(x, P[pre + "ffn_norm"], eps=config.norm_eps), config,
+                   stats), cache
+
+
+def _head(P, config: ModelConfig) -> torch.Tensor:
+    return P["embed"].T if config.tie_embeddings else P["lm_head"]  # (D, V)
+
+
+def _shifted(a: torch.Tensor, k: int, fill: int) -> torch.Tensor:
+    """a (B, T) moved k to the left, the last k columns ``fill``."""
+    out = torch.full_like(a, fill)
+    out[:, :max(a.shape[1] - k, 0)] = a[:, k:]
+    return out
+
+
+def _mtp(P, x, tokens, pos, seg, config: ModelConfig, stats: list) -> list[torch.Tensor]:
+    """DeepSeek-V3's MTP modules on the main stack's last hidden state x (before the final
+    norm): each module's logits (B, T, V)."""
+    eps, out, h = config.norm_eps, [], x
+    for j in range(config.mtp_depth):
+        pre = f"mtp.{j}."
+        e = embedding(_shifted(tokens, j + 1, 0), P["embed"])  # t_{i+j+1}
+        cat = torch.cat((rms_norm(e, P[pre + "enorm"], eps=eps),
+                         rms_norm(h, P[pre + "hnorm"], eps=eps)), dim=-1)
+        h, _ = _layer(P, pre, cat @ P[pre + "eh_proj"], pos, seg, None, config,
+                      config.n_layers + j, "softmax", stats)
+        out.append(rms_norm(h, P[pre + "final_norm"], eps=eps) @ _head(P, config))
+    return out
+
+
+def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig,
+             mtp: bool = False):
+    """logits (B, T, V), the new per-layer caches, the MoE layers' router stats (the MTP
+    modules' last), and (with ``mtp``) the MTP modules' logits."""
     P = params
     device = P["embed"].device
     tokens = torch.as_tensor(tokens, device=device)
@@ -157,24 +196,18 @@ def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig
     x = embedding(tokens, P["embed"])  # (B, T, D) residual stream
     new_caches, stats = [], []
     for i, kind in enumerate(config.layer_kinds()):
-        pre = f"layers.{i}."
-        mixer = _lightning if kind == "linear" else _mla if config.mla is not None else _gqa
-        h = rms_norm(x, P[pre + "attn_norm"], eps=config.norm_eps)
-        out, cache = mixer(P, pre + "attn.", h, pos, seg,
-                           None if caches is None else caches[i], config, i)
-        x = x + out
+        x, cache = _layer(P, f"layers.{i}.", x, pos, seg, None if caches is None else caches[i],
+                          config, i, kind, stats)
         new_caches.append(cache)
-        ffn = _moe if config.is_moe_layer(i) else _dense_ffn
-        x = x + ffn(P, pre, rms_norm(x, P[pre + "ffn_norm"], eps=config.norm_eps), config, stats)
-    head = P["embed"].T if config.tie_embeddings else P["lm_head"]  # (D, V)
-    logits = rms_norm(x, P["final_norm"], eps=config.norm_eps) @ head
-    return logits, new_caches, stats
+    logits = rms_norm(x, P["final_norm"], eps=config.norm_eps) @ _head(P, config)
+    mtp_logits = _mtp(P, x, tokens.long(), pos, seg, config, stats) if mtp else []
+    return logits, new_caches, stats, mtp_logits
 
 
 def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
           config: ModelConfig, use_cache: bool = False):
     check_args(params, tokens, positions, segment_ids, caches, config=config)
-    logits, new_caches, _ = _forward(params, tokens, positions, segment_ids, caches, config)
+    logits, new_caches, *_ = _forward(params, tokens, positions, segment_ids, caches, config)
     return logits, (new_caches if use_cache or caches is not None else None)
 
 
@@ -220,16 +253,34 @@ def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, 
     if n_tokens is not None and n_tokens < n_valid:
         raise ValueError(f"n_tokens: expected >= the {n_valid} valid targets, got {n_tokens}")
     n = n_valid if n_tokens is None else int(n_tokens)
-    logits, _, stats = _forward(params, tokens, positions, segment_ids, None, config)
+    logits, _, stats, mtp_logits = _forward(params, tokens, positions, segment_ids, None,
+                                            config, mtp=True)
     v = logits.shape[-1]
     ce = cross_entropy(logits.reshape(-1, v), targets.reshape(-1), z_loss=config.z_loss)
     wide = torch.float64 if ce.dtype == torch.float64 else torch.float32
     ce = ce.to(wide) * (n_valid / max(n, 1))  # mean over valid -> sum / n
     balance = _balance(stats, config, tokens.shape[0], ce)
-    loss = ce + balance  # 0-d, float32 or wider
-    metrics = {"ce": float(ce.detach()), "balance": float(balance.detach()), "n_tokens": n_valid,
+    seg = _as_int(segment_ids, device)
+    mtp = torch.zeros((), dtype=wide, device=device)
+    for k, lg in enumerate(mtp_logits, 1):  # module k's CE summed over its targets / n
+        tg = _mtp_targets(targets, seg, k)
+        n_k = int((tg != IGNORE_INDEX).sum())
+        mean = cross_entropy(lg.reshape(-1, v), tg.reshape(-1), z_loss=config.z_loss).to(wide)
+        mtp = mtp + mean * (config.mtp_loss_weight / config.mtp_depth * n_k / max(n, 1))
+    loss = ce + balance + mtp  # 0-d, float32 or wider
+    metrics = {"ce": float(ce.detach()), "balance": float(balance.detach()),
+               "mtp": float(mtp.detach()), "n_tokens": n_valid,
                "loads": _loads(stats, config, device)}
     return loss, metrics
+
+
+def _mtp_targets(targets: torch.Tensor, seg: torch.Tensor | None, k: int) -> torch.Tensor:
+    """What MTP module k predicts at i: targets[i + k], ignored where there is none or it lies
+    in another document."""
+    tg = _shifted(targets, k, IGNORE_INDEX)
+    if seg is not None:
+        tg[_shifted(seg, k, -1) != seg] = IGNORE_INDEX
+    return tg
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,

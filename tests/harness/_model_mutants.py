@@ -66,6 +66,7 @@ def _sdpa_not_causal(q, k, v, sq=None, sk=None, **kw):
 
 _orig_cached_length = M.cached_length
 _orig_rope_kw = M._rope_kw
+_orig_shifted = M._shifted
 _orig_layer_kinds = ModelConfig.layer_kinds
 
 
@@ -92,6 +93,12 @@ def _router_grad_dropped(params, tokens, targets, *args, **kw):
     loss, metrics, grads = R.model_grad(params, tokens, targets, *args, **kw)
     return loss, metrics, {n: (np.zeros_like(g) if n.endswith("moe.router") else g)
                            for n, g in grads.items()}
+
+
+def _mtp_token_not_shifted(a, k, fill):
+    """MTP module k reads t_{i+k-1} instead of t_{i+k} (the token shift is the one call with
+    fill 0; the targets' and segment ids' shifts are right)."""
+    return _orig_shifted(a, k - 1 if fill == 0 else k, fill)
 
 
 PLANTS = {
@@ -121,6 +128,8 @@ PLANTS = {
         ("all_softmax_hybrid_equals_dense",), None),
     "model_router_gradient_dropped": (contextlib.nullcontext, ("loss_and_gradients",),
                                       _router_grad_dropped),
+    "model_mtp_reads_the_unshifted_token": (
+        lambda: _patched(M, _shifted=_mtp_token_not_shifted), ("loss_and_gradients",), None),
 }
 
 

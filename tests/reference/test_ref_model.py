@@ -3,12 +3,16 @@ parameter), by hand on a one-layer model, and its prefill + decode against the f
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
 from lmspec import reference as R
 from lmspec.spec import model as M
+
+RM = importlib.import_module("lmspec.reference.model")  # the module (R.model is the function)
 
 
 def _loss(params, a, cfg):
@@ -81,3 +85,66 @@ def test_config_errors_name_the_field():
         M.ModelConfig.from_dict({"vocab_size": 5, "bogus": 1})
     cfg = M.PRESETS["tiny-deepseek"]
     assert M.ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+MTP_CASES = {
+    "deepseek": M.ModelConfig(
+        vocab_size=9, d_model=6, n_layers=2, n_heads=2, d_ff=5, mtp_depth=2, mtp_loss_weight=1.0,
+        mla=M.MLAConfig(kv_lora_rank=3, qk_nope_head_dim=2, qk_rope_head_dim=2, v_head_dim=2,
+                        q_lora_rank=3),
+        moe=M.MoEConfig(n_experts=4, top_k=2, d_expert=3, d_shared=2, score_func="sigmoid",
+                        n_group=2, topk_group=1, selection_bias=True, first_k_dense=1,
+                        balance_loss="seq", balance_coef=0.1)),
+    "dense-packed": M.ModelConfig(vocab_size=9, d_model=4, n_layers=1, n_heads=2, n_kv_heads=1,
+                                  d_ff=3, mtp_depth=1, z_loss=0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(MTP_CASES))
+def test_mtp_backward_equals_finite_differences(name):
+    cfg = MTP_CASES[name]
+    rng = np.random.default_rng(1)
+    tok = rng.integers(0, 9, (2, 6))
+    a = {"tokens": tok, "targets": np.concatenate([tok[:, 1:], np.full((2, 1), -100)], 1),
+         "segment_ids": None if name == "deepseek" else np.array([[0, 0, 0, 1, 1, 1]] * 2)}
+    p = M.init_params(cfg, 2, std=0.5, norm_std=0.3)
+    loss, metrics, grads = R.model_grad(p, a["tokens"], a["targets"],
+                                        segment_ids=a["segment_ids"], config=cfg)
+    assert metrics["mtp"] > 0 and {n for n in grads if n.startswith("mtp.")}
+    for pname, g in grads.items():
+        u, h = rng.standard_normal(g.shape), 1e-6
+        fd = (_loss({**p, pname: p[pname] + h * u}, a, cfg)
+              - _loss({**p, pname: p[pname] - h * u}, a, cfg)) / (2 * h)
+        an = float(np.sum(g * u))
+        assert abs(fd - an) <= 1e-6 * (abs(fd) + abs(an)) + 1e-8, (pname, fd, an)
+        if pname.startswith("mtp."):
+            assert np.any(g != 0), pname  # every module parameter is reached
+
+
+def test_mtp_targets_and_loss_by_hand():
+    """Module k predicts targets[i + k], never across a document; its CE is summed over its
+    targets and divided by the main loss's count, weighted by mtp_loss_weight / depth."""
+    tg = np.array([[1, 2, 3, 4, 5]])
+    seg = np.array([[0, 0, 0, 1, 1]])
+    assert RM.mtp_targets(tg, None, 1).tolist() == [[2, 3, 4, 5, -100]]
+    assert RM.mtp_targets(tg, seg, 1).tolist() == [[2, 3, -100, 5, -100]]
+    assert RM.mtp_targets(tg, seg, 2).tolist() == [[3, -100, -100, -100, -100]]
+    cfg = MTP_CASES["dense-packed"].replace(z_loss=0.0, mtp_loss_weight=0.5)
+    p = M.init_params(cfg, 0, std=0.5)
+    tok = np.array([[3, 1, 4, 1, 5]])
+    loss, m = R.model_loss(p, tok, tg, config=cfg)
+    base = cfg.replace(mtp_depth=0)
+    main = {n: a for n, a in p.items() if not n.startswith("mtp.")}
+    loss0, m0 = R.model_loss(main, tok, tg, config=base)
+    assert m["ce"] == m0["ce"] and loss0 == m0["ce"]
+    # module 0 by hand: h = the main stack's last hidden state
+    _, _, _, tape, P, _, recs = RM._forward(p, tok, None, None, None, cfg, mtp=True)
+    logits = recs[0]["logits"][0]  # (T, V)
+    want_tg = [2, 3, 4, 5]  # positions 0..3 (position 4 has none)
+    lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ce_sum = sum(lse[i] - logits[i, t] for i, t in enumerate(want_tg))
+    np.testing.assert_allclose(m["mtp"], 0.5 / 1 * ce_sum / 5, rtol=1e-12)
+    np.testing.assert_allclose(loss, m["ce"] + m["mtp"], rtol=1e-12)
+    assert recs[0]["tokens"].tolist() == [[1, 4, 1, 5, 0]]
+    # weight 0: the loss is the model's without MTP
+    assert R.model_loss(p, tok, tg, config=cfg.replace(mtp_loss_weight=0.0))[0] == loss0

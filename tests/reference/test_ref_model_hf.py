@@ -243,6 +243,8 @@ def test_errors_name_what_is_wrong(tmp_path):
         ck.lmspec_to_hf(config, init_params(config), "gpt2")
     with pytest.raises(ValueError, match="qk_norm"):
         ck.config_to_hf(config.replace(moe=None), "qwen3")
+    with pytest.raises(ValueError, match="mtp_depth=1 .transformers has no MTP"):
+        ck.config_to_hf(config.replace(mtp_depth=1), "mixtral")
     # a checkpoint directory with a tensor missing: named, never a partial load
     ck.save_hf_dir(tmp_path / "d", config, init_params(config), "mixtral")
     t = ck.read_hf_tensors(tmp_path / "d")

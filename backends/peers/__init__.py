@@ -31,6 +31,29 @@ shows users what the libraries do differently from the spec:
   NTK passed as default rope with the adjusted theta (HF's "dynamic" is a different method);
   interleaved through DeepSeek-V3's ``apply_rotary_pos_emb_interleave``, whose output comes
   back de-interleaved (half-split layout): re-interleaved here.
+- model / model_loss / model_grad: HF ``LlamaForCausalLM``, ``MistralForCausalLM``,
+  ``Qwen2ForCausalLM``, ``Qwen3ForCausalLM``, ``MixtralForCausalLM``, ``Qwen3MoeForCausalLM``
+  or ``DeepseekV3ForCausalLM`` from spec/_checkpoint's ``config_to_hf``, built once per config
+  (``attn_implementation="sdpa"``, ``experts_implementation="eager"``) and called with the
+  spec's weights through ``functional_call`` (transposed; experts fused into HF's in-memory
+  ``gate_up_proj`` / ``down_proj``). A Llama config LlamaConfig refuses (hidden size no
+  multiple of the head count) or with a sliding window runs on Mistral's class, the same
+  function. Positions go in as ``position_ids``, with an all-ones attention mask: without one
+  (and with ``use_cache=False``) HF reads packed documents off any position that is not the
+  previous one + 1. Segment ids go through exactly that packing detection (no mask);
+  NotImplementedError where the spec's documents are not those runs. Caches through a
+  config-less ``DynamicCache`` (with the config, sliding layers keep only the last window).
+  Loss: HF's ``ForCausalLMLoss`` with ``shift_labels`` = the targets and
+  ``num_items_in_batch`` = max(n, 1) (0 gives NaN), plus the z-loss (HF has none); the MoE
+  balance and router z terms by the spec's formulas from HF's router outputs (logits and
+  selected ids, hooked): HF's ``load_balancing_loss_func`` pools all layers' tokens into one
+  loss and is k times the spec's "switch" term; HF has no sequence-wise or router z-loss.
+  NotImplementedError: lightning layers, mtp_depth > 0 in the loss, capacity_factor, partial
+  rotary, interleaved RoPE outside MLA, static NTK, qk_norm with attention biases, per-layer
+  windows without Qwen2/3, shared experts or gates outside DeepSeek-V3 (and DeepSeek-V3
+  without them), Mixtral without norm_topk_prob or with dense layers, masked_group_fill
+  "zero", MLA with norm_eps != 1e-6 (HF's latent norms always use 1e-6): what config_to_hf
+  or HF's classes refuse, or compute differently.
 """
 
 from __future__ import annotations
@@ -47,6 +70,7 @@ from lmspec.backends.peers.embedding import embedding
 from lmspec.backends.peers.geglu import geglu
 from lmspec.backends.peers.layer_norm import layer_norm
 from lmspec.backends.peers.log_softmax import log_softmax
+from lmspec.backends.peers.model import model, model_grad, model_loss
 from lmspec.backends.peers.rms_norm import rms_norm
 from lmspec.backends.peers.rope import rope
 from lmspec.backends.peers.sdpa import sdpa
@@ -57,7 +81,8 @@ NAME = "peers"
 DTYPES = ("float32", "bfloat16", "float16")
 
 __all__ = ["DTYPES", "NAME", "asarray", "cross_entropy", "embedding", "geglu", "layer_norm",
-           "log_softmax", "rms_norm", "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp"]
+           "log_softmax", "model", "model_grad", "model_loss", "rms_norm", "rope", "sdpa",
+           "softmax", "swiglu", "to_numpy", "vjp"]
 
 _TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -72,3 +72,4 @@ def _params_dtype(fn):
 model = _params_dtype(_ref.model)
 model_loss = _params_dtype(_ref.model_loss)
 model_grad = _params_dtype(_ref.model_grad)
+train_step = _ref.train_step  # float64 master weights; its compute dtype is its config's

@@ -9,18 +9,20 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import assume, event, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lmspec import reference
 from lmspec.conformance import _check as check
 from lmspec.conformance import _results
 from lmspec.conformance._model_naive import F64_FROM_F32 as _F64_FROM_F32
+from lmspec.conformance._model_naive import group as _group
+from lmspec.conformance._model_naive import group_scales as _group_scales
+from lmspec.conformance._model_naive import judge_unless_naive_fails, on_a_knife_edge
 from lmspec.conformance._model_naive import naive as _naive
 from lmspec.conformance._model_naive import ref as _ref
-from lmspec.reference.model import router_selection
 from lmspec.spec import Case
-from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for, judge
+from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for
 from lmspec.spec.model import COMPONENT, FAMILIES, MoEConfig, init_params, model_cases
 
 STEM = COMPONENT.stem
@@ -78,38 +80,15 @@ def _require(target, fn: str) -> None:
 
 
 def _not_a_knife_edge(target, case: Case, params) -> None:
-    """Routing is discrete: where the naive evaluation in the dtype picks other experts than
-    float64, or a selection margin is within 4x the naive error of the selection scores, the
-    choice sits on a knife edge and the case is not judged (hypothesis draws another)."""
-    cfg = case.params["config"]
-    if cfg.moe is None or target.np_dtype == np.float64:
-        return
-    exact = router_selection(params, **_inputs(case), config=cfg)
-    with reference.computing_in(target.np_dtype):
-        rough = router_selection({n: a.astype(target.np_dtype) for n, a in params.items()},
-                                 **_inputs(case), config=cfg)
-    for (u, ids, margin), (u2, ids2, _) in zip(exact, rough):
-        err = float(np.max(np.abs(np.asarray(u2, np.float64) - u), initial=0.0))
-        if not np.array_equal(ids, ids2) or margin <= 4 * err:
-            _results.record_out_of_range(STEM, target, "knife_edge")
-            assume(False)
+    """A case whose routing sits on a knife edge (see _model_naive.on_a_knife_edge) is not
+    judged (hypothesis draws another)."""
+    if on_a_knife_edge(params, _inputs(case), case.params["config"], target.np_dtype):
+        _results.record_out_of_range(STEM, target, "knife_edge")
+        assume(False)
 
 
 def _judge(target, test, name, got, ref, naive, case, kind="output", magnitude=0.0):
-    """The tolerance policy on one output, unless the naive evaluation in the dtype fails it
-    itself: then no implementation that rounds as the dtype does can pass, the output carries
-    nothing the dtype can compute (seen: a bfloat16 gradient of a tiny hybrid whose naive error,
-    1e-2, exceeds the gradient itself, 6e-3), and it is not judged (a hypothesis event counts
-    such outputs; the case's other outputs still are)."""
-    mag = max(float(np.max(np.abs(ref), initial=0.0)), magnitude)
-    out_dtype = check.output_dtype(np.asarray(target.backend.to_numpy(got)), target) if (
-        not np.isscalar(got)) else np.dtype(np.float32)
-    kw = dict(out_dtype=out_dtype, kind=kind, backend=target.backend.name, component=STEM,
-              dtype=target.dtype, magnitude=mag)
-    if not judge(np.asarray(naive, np.float64), ref, naive, **kw).ok:
-        event(f"model {kind}: naive in the dtype no better than a trivial answer, not judged")
-        return
-    check.settle(judge(_np(target, got), ref, naive, **kw), target, STEM, test, name, case)
+    judge_unless_naive_fails(target, STEM, test, name, got, ref, naive, case, kind, magnitude)
 
 
 # ----------------------------------------------------------------------------- standard tests
@@ -163,21 +142,6 @@ def test_loss_and_gradients(target, case):
     for name in ref_g:
         _judge(target, "gradient", name, grads[name], ref_g[name], nv_g[name], case,
                kind="gradient", magnitude=scales[_group(name)])
-
-
-def _group(name: str) -> str:
-    return ".".join(name.split(".")[:2]) if name.startswith("layers.") else "top"
-
-
-def _group_scales(grads) -> dict[str, float]:
-    """The largest |gradient| among the parameters of each layer (and of the embedding, final
-    norm and head together): the scale at which a gradient's rounding errors live when its own
-    value cancels to ~0 (a router whose weights are normalised away, E = k: exactly 0 in exact
-    arithmetic, 1e-8 in float32 from 1/S - s/S^2), so it enters only the floor (4 ulps)."""
-    out: dict[str, float] = {}
-    for name, g in grads.items():
-        out[_group(name)] = max(out.get(_group(name), 0.0), float(np.max(np.abs(g), initial=0)))
-    return out
 
 
 def _loss_naive(params, arrays, cfg, dt, ref_loss, drawn):

@@ -52,6 +52,7 @@ from lmspec.reference.tokenizer import (
     save_tiktoken,
     tokenizer,
 )
+from lmspec.reference.train_step import train_step
 
 __all__ = [
     "attention_merge", "attention_merge_vjp", "lightning_attention", "lightning_attention_vjp",
@@ -65,7 +66,7 @@ __all__ = [
     "quant_fp8", "quant_int4", "quant_int8", "rtn_int4_codes", "unpack_int4",
     "quant_matmul", "quant_matmul_vjp", "gptq", "awq", "quant_kv_cache",
     "rms_norm_vjp", "rope", "rope_frequencies", "rope_vjp", "sdpa", "sdpa_vjp", "softmax",
-    "softmax_vjp", "swiglu", "swiglu_vjp", "visible",
+    "softmax_vjp", "swiglu", "swiglu_vjp", "train_step", "visible",
     "bpe_train", "tokenizer", "StreamDecoder", "bpe_encode_piece", "load_gpt2", "load_hf_json",
     "load_preset", "load_tiktoken", "pretokenize", "save_gpt2", "save_hf_json", "save_tiktoken",
 ]

@@ -43,6 +43,7 @@ from lmspec.backends.jax_xla.rope import rope
 from lmspec.backends.jax_xla.sdpa import sdpa
 from lmspec.backends.jax_xla.softmax import softmax
 from lmspec.backends.jax_xla.swiglu import swiglu
+from lmspec.backends.jax_xla.train_step import train_step
 
 __all__ = [
     "DTYPES", "NAME", "UNSUPPORTED", "asarray", "attention_merge", "cross_entropy", "embedding",
@@ -53,7 +54,7 @@ __all__ = [
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
     "quant_matmul", "gptq", "awq", "quant_kv_cache",
     "rms_norm", "rope", "sdpa", "softmax", "swiglu",
-    "to_numpy", "vjp",
+    "to_numpy", "train_step", "vjp",
 ]
 
 NAME = "jax_xla"

@@ -52,6 +52,7 @@ from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
 from lmspec.backends.torch_triton.softmax import softmax
 from lmspec.backends.torch_triton.swiglu import swiglu
+from lmspec.backends.torch_triton.train_step import train_step
 
 NAME = "torch_triton"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -63,5 +64,5 @@ __all__ = [
     "moe_router",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
     "quant_matmul", "gptq", "awq", "quant_kv_cache",
-    "rope", "sdpa", "softmax", "swiglu", "to_numpy", "vjp",
+    "rope", "sdpa", "softmax", "swiglu", "to_numpy", "train_step", "vjp",
 ]

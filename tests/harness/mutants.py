@@ -1547,3 +1547,9 @@ import _model_mutants  # noqa: E402  (tests/harness is on the path wherever muta
 
 _model_mutants.register(MUTANTS, MUST_CATCH)
 globals().update({name: MUTANTS[name][1] for name in _model_mutants.PLANTS})
+
+# Training-step plants: patches of the reference step's optimizer, schedule and accumulation.
+import _train_mutants  # noqa: E402
+
+_train_mutants.register(MUTANTS, MUST_CATCH)
+globals().update({name: MUTANTS[name][1] for name in _train_mutants.PLANTS})

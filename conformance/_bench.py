@@ -52,6 +52,10 @@ GATES = (
          "backend >= tiktoken, needs conformance rows: lmspec.reports.tokenizer computes it)"),
     Gate("bpe_train", "bpe_fast", "reference", 20.0, "1MiB-v4096",
          "issue 3: our fast trainer >= 20x the reference trainer at vocab 4096 on 1 MB"),
+    Gate("model", "torch_triton", "peer:transformers", 1.0, "dense-fwd-N1024",
+         "whole models: no slower than HF's LlamaForCausalLM on the dense config (goal 1.3x)"),
+    Gate("model", "torch_triton", "peer:transformers", 1.0, "dense-fwd+bwd-N1024",
+         "whole models: a training step no slower than HF's (goal 1.3x)"),
 )
 
 

@@ -18,6 +18,7 @@ from lmspec.backends.torch_triton.rms_norm import rms_norm
 from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
 from lmspec.backends.torch_triton.swiglu import swiglu
+from lmspec.spec.cross_entropy import check_targets
 from lmspec.spec.model import (
     IGNORE_INDEX,
     ModelConfig,
@@ -49,16 +50,19 @@ def _gqa(P, pre, h, pos, seg, cache, cfg: ModelConfig, i: int):
     """h (B, T, D) -> (B, T, D), cache {"k", "v"} (B, Tc + T, Hkv, hd) of rotated keys."""
     b, t, _ = h.shape
     H, hkv, hd = cfg.n_heads, cfg.kv_heads, cfg.hd
-    bias = (lambda n: P[pre + n]) if cfg.attention_bias else (lambda n: None)  # noqa: E731
-    q = _linear(h, P[pre + "wq"], bias("bq")).reshape(b, t, H, hd)
-    k = _linear(h, P[pre + "wk"], bias("bk")).reshape(b, t, hkv, hd)
-    v = _linear(h, P[pre + "wv"], bias("bv")).reshape(b, t, hkv, hd)
+    # one matmul for q, k and v (fewer, larger GEMMs forward and backward: on CPU the
+    # step is GEMM-bound); the same sums as three, column blocks of one product
+    w = torch.cat([P[pre + n] for n in ("wq", "wk", "wv")], dim=1)
+    bqkv = torch.cat([P[pre + n] for n in ("bq", "bk", "bv")]) if cfg.attention_bias else None
+    q, k, v = _linear(h, w, bqkv).split((H * hd, hkv * hd, hkv * hd), dim=-1)
+    q, k, v = q.reshape(b, t, H, hd), k.reshape(b, t, hkv, hd), v.reshape(b, t, hkv, hd)
     if cfg.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
         q = rms_norm(q, P[pre + "q_norm"], eps=cfg.norm_eps)
         k = rms_norm(k, P[pre + "k_norm"], eps=cfg.norm_eps)
     kw = dict(theta=cfg.rope_theta, rotary_dim=cfg.rotary_dim, interleaved=cfg.rope_interleaved,
               scaling=cfg.rope_scaling)
-    q, k = rope(q, pos, **kw), rope(k, pos, **kw)
+    # q and k rotated in one call (one cos/sin table for both): heads are independent
+    q, k = rope(torch.cat((q, k), dim=2), pos, **kw).split((H, hkv), dim=2)
     if cache is not None:
         k = torch.cat((cache["k"].to(k.dtype), k), dim=1)  # (B, Tc + T, Hkv, hd)
         v = torch.cat((cache["v"].to(v.dtype), v), dim=1)
@@ -183,9 +187,10 @@ def _mtp(P, x, tokens, pos, seg, config: ModelConfig, stats: list) -> list[torch
 
 
 def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig,
-             mtp: bool = False):
-    """logits (B, T, V), the new per-layer caches, the MoE layers' router stats (the MTP
-    modules' last), and (with ``mtp``) the MTP modules' logits."""
+             mtp: bool = False, head: bool = True):
+    """logits (B, T, V) (without ``head``: the final-normed hidden states (B, T, D)), the new
+    per-layer caches, the MoE layers' router stats (the MTP modules' last), and (with
+    ``mtp``) the MTP modules' logits."""
     P = params
     device = P["embed"].device
     tokens = torch.as_tensor(tokens, device=device)
@@ -199,7 +204,9 @@ def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig
         x, cache = _layer(P, f"layers.{i}.", x, pos, seg, None if caches is None else caches[i],
                           config, i, kind, stats)
         new_caches.append(cache)
-    logits = rms_norm(x, P["final_norm"], eps=config.norm_eps) @ _head(P, config)
+    logits = rms_norm(x, P["final_norm"], eps=config.norm_eps)
+    if head:
+        logits = logits @ _head(P, config)
     mtp_logits = _mtp(P, x, tokens.long(), pos, seg, config, stats) if mtp else []
     return logits, new_caches, stats, mtp_logits
 
@@ -212,6 +219,55 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
 
 
 # ----------------------------------------------------------------------------- loss
+
+
+def _fused_head_ok(w: torch.Tensor) -> bool:
+    """The fused head + CE below: the torch path in float32 or float64, where the logits
+    would be kept in that dtype anyway (bf16/fp16 logits are rounded to that dtype first,
+    a cast the fused path would skip); CUDA keeps its Triton cross_entropy kernel."""
+    return not w.is_cuda and w.dtype in (torch.float32, torch.float64)
+
+
+# rows of one chunk of logits: (rows, V) float32 within ~32 MB
+_CE_CHUNK_BYTES = 32 << 20
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """sum over valid rows of lse_i - z_i[t_i] + z_loss lse_i^2, z = h @ w, computed by
+    chunks of rows; the gradient (softmax (1 + 2 z_loss lse) - onehot on valid rows) is
+    formed in the forward, chunk by chunk, so that no (N, V) logits, log-softmax or
+    gradient buffer outlives its chunk and no backward pass re-reads them. Valid only as the
+    loss's own term (the backward scales the saved gradients by the incoming scalar)."""
+
+    @staticmethod
+    def forward(ctx, h, w, t, z_loss: float):
+        n, v = h.shape[0], w.shape[1]
+        rows = max(1, _CE_CHUNK_BYTES // (4 * v))
+        total = h.new_zeros((), dtype=h.dtype)
+        dh, dw = torch.empty_like(h), torch.zeros_like(w)
+        for i0 in range(0, n, rows):
+            hc, tc = h[i0:i0 + rows], t[i0:i0 + rows]
+            z = hc @ w  # (c, V)
+            lse = torch.logsumexp(z, dim=-1)  # (c,)
+            valid = tc != IGNORE_INDEX
+            tsafe = torch.where(valid, tc, 0)
+            picked = z.gather(1, tsafe[:, None])[:, 0]
+            term = lse - picked + z_loss * lse * lse
+            total = total + torch.where(valid, term, 0.0).sum()
+            g = z.sub_(lse[:, None]).exp_()  # softmax, in the logits' buffer
+            if z_loss:
+                g.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+            g[torch.arange(len(tc), device=g.device), tsafe] -= 1.0
+            g.mul_(valid[:, None].to(g.dtype))  # ignored rows: no gradient
+            dh[i0:i0 + rows] = g @ w.T
+            dw.addmm_(hc.T, g)
+        ctx.save_for_backward(dh, dw)
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        dh, dw = ctx.saved_tensors
+        return dh * g, dw * g, None, None
 
 
 def _check_targets(tokens, targets) -> None:
@@ -253,12 +309,20 @@ def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, 
     if n_tokens is not None and n_tokens < n_valid:
         raise ValueError(f"n_tokens: expected >= the {n_valid} valid targets, got {n_tokens}")
     n = n_valid if n_tokens is None else int(n_tokens)
-    logits, _, stats, mtp_logits = _forward(params, tokens, positions, segment_ids, None,
-                                            config, mtp=True)
-    v = logits.shape[-1]
-    ce = cross_entropy(logits.reshape(-1, v), targets.reshape(-1), z_loss=config.z_loss)
+    w = _head(params, config)
+    fused = _fused_head_ok(w)
+    out, _, stats, mtp_logits = _forward(params, tokens, positions, segment_ids, None,
+                                         config, mtp=True, head=not fused)
+    v = config.vocab_size
+    if fused:  # the same sum: every valid row's CE (+ z-loss), then / n
+        check_targets(_host(targets), v, IGNORE_INDEX)
+        ce = _HeadCrossEntropy.apply(out.reshape(-1, out.shape[-1]), w, targets.reshape(-1),
+                                     config.z_loss) / max(n, 1)
+    else:
+        ce = cross_entropy(out.reshape(-1, v), targets.reshape(-1), z_loss=config.z_loss)
     wide = torch.float64 if ce.dtype == torch.float64 else torch.float32
-    ce = ce.to(wide) * (n_valid / max(n, 1))  # mean over valid -> sum / n
+    if not fused:
+        ce = ce.to(wide) * (n_valid / max(n, 1))  # mean over valid -> sum / n
     balance = _balance(stats, config, tokens.shape[0], ce)
     seg = _as_int(segment_ids, device)
     mtp = torch.zeros((), dtype=wide, device=device)

@@ -27,6 +27,7 @@ from lmspec.backends.torch_triton._dispatch import kernel_dtype, on_cuda
 from lmspec.spec.sdpa import check_args
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
 def sdpa(q, k, v, segment_ids_q=None, segment_ids_kv=None, *, causal: bool = False,
@@ -131,12 +132,22 @@ def _math_forward(q, k, v, masks: _Masks, softcap: float | None, scale: float):
 
 
 def _flash_forward(q, k, v, causal: bool, scale: float):
-    groups = q.shape[2] // k.shape[2]
+    """torch's CPU flash kernel: out (B, Tq, Hq, D), lse (B, Tq, Hq), and what its backward
+    needs (the kernel's own layout: (B, H, T, D)). GQA natively: query head h reads KV head
+    h // (Hq / Hkv), as F.scaled_dot_product_attention(enable_gqa=True); no repeated KV."""
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-    if groups > 1:  # GQA: the kernel wants Hq KV heads; head h reads KV head h // groups
-        kt, vt = kt.repeat_interleave(groups, dim=1), vt.repeat_interleave(groups, dim=1)
     out, lse = _FLASH(qt, kt, vt, 0.0, causal, scale=scale)  # (B, Hq, Tq, D), (B, Hq, Tq)
-    return out.transpose(1, 2), lse.transpose(1, 2)
+    return out.transpose(1, 2), lse.transpose(1, 2), (out, lse)
+
+
+def _flash_backward(q, k, v, dout, saved, causal: bool, scale: float):
+    """The fused backward of ``_flash_forward`` (no lse gradient); a KV head's gradient sums
+    over the query heads of its group, inside the kernel."""
+    out, lse = saved
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    dq, dk, dv = _FLASH_BACKWARD(dout.transpose(1, 2).contiguous(), qt, kt, vt, out, lse, 0.0,
+                                 causal, scale=scale)
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
 def _backward(q, k, v, dout, dlse, masks: _Masks, softcap: float | None, scale: float):
@@ -167,14 +178,26 @@ def _backward(q, k, v, dout, dlse, masks: _Masks, softcap: float | None, scale: 
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, masks: _Masks, softcap: float | None, scale: float):
-        ctx.save_for_backward(q, k, v)
+        ctx.set_materialize_grads(False)  # an unused lse gets None, not zeros: see backward
         ctx.masks, ctx.softcap, ctx.scale = masks, softcap, scale
-        if softcap is None and masks.flash_ok and not q.is_cuda and q.shape[-1] == v.shape[-1]:
-            return _flash_forward(q, k, v, masks.causal, scale)
+        ctx.flash = softcap is None and masks.flash_ok and not q.is_cuda and \
+            q.shape[-1] == v.shape[-1]
+        if ctx.flash:
+            out, lse, saved = _flash_forward(q, k, v, masks.causal, scale)
+            ctx.save_for_backward(q, k, v, *saved)
+            return out, lse
+        ctx.save_for_backward(q, k, v)
         return _math_forward(q, k, v, masks, softcap, scale)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, dout, dlse, ctx.masks, ctx.softcap, ctx.scale)
+        q, k, v, *saved = ctx.saved_tensors
+        if dout is None and dlse is None:
+            return None, None, None, None, None, None
+        if dout is None:
+            dout = torch.zeros_like(q[..., :v.shape[-1]])
+        if ctx.flash and dlse is None:  # torch's fused backward: the lse unused downstream
+            dq, dk, dv = _flash_backward(q, k, v, dout, saved, ctx.masks.causal, ctx.scale)
+        else:
+            dq, dk, dv = _backward(q, k, v, dout, dlse, ctx.masks, ctx.softcap, ctx.scale)
         return dq, dk, dv, None, None, None

@@ -82,3 +82,25 @@ def test_a_dtype_free_benchmark_says_so_in_every_row():
     assert {r["dtype"] for r in rows} == {"-"}
     assert rows_from_json({"benchmarks": [_bench("sdpa", "reference", 2.0)]},
                           quick=False)[0]["dtype"] == "float32"  # the default, for the rest
+
+
+def test_model_gates_read_the_dense_config_against_transformers():
+    """bench_model: torch_triton is gated against HF at the dense shapes only; jax_xla and the
+    MoE config are reported; a compile time is a row of its own, not a timing."""
+    def model(impl, shape, median, metrics=None):
+        extra = {"impl": impl, **({"metrics": metrics} if metrics else {})}
+        return {"name": f"test_model[{impl}-{shape}]", "params": {"shape": [shape, shape[:3]]},
+                "extra_info": extra, "stats": {"median": median}}
+
+    data = {"benchmarks": [
+        model("jax_xla", "dense-fwd-N1024", 1e-6, {"compile_s": 0.6}),
+        *(model(i, s, m) for s in ("dense-fwd-N1024", "moe-fwd-N1024")
+          for i, m in (("torch_triton", 0.05), ("jax_xla", 0.08), ("peer:transformers", 0.06)))]}
+    rows = rows_from_json(data, quick=False)
+    gated = {(r["backend"], r["shape"]): r["verdict"] for r in rows if r.get("gate")}
+    assert gated == {("torch_triton", "dense-fwd-N1024"): "PASS"}
+    speedups = {(r["backend"], r["shape"]) for r in rows
+                if r["metric"] == "speedup_vs_transformers"}
+    assert ("jax_xla", "dense-fwd-N1024") in speedups and ("jax_xla", "moe-fwd-N1024") in speedups
+    (compile_row,) = [r for r in rows if r["metric"] == "compile_s"]
+    assert compile_row["backend"] == "jax_xla" and compile_row["value"] == 0.6

@@ -18,7 +18,11 @@ from lmspec.conformance import _results
 from lmspec.conformance._model_naive import F64_FROM_F32 as _F64_FROM_F32
 from lmspec.conformance._model_naive import group as _group
 from lmspec.conformance._model_naive import group_scales as _group_scales
-from lmspec.conformance._model_naive import judge_unless_naive_fails, on_a_knife_edge
+from lmspec.conformance._model_naive import (
+    judge_unless_naive_fails,
+    loss_naive,
+    on_a_knife_edge,
+)
 from lmspec.conformance._model_naive import naive as _naive
 from lmspec.conformance._model_naive import ref as _ref
 from lmspec.spec import Case
@@ -129,7 +133,7 @@ def test_loss_and_gradients(target, case):
     check._require_in_range(STEM, [ref_loss, *ref_g.values()], [nv_loss, *nv_g.values()],
                             target)
     loss, metrics, grads = got
-    nv_loss = _loss_naive(params, arrays, cfg, dt, np.asarray(ref_loss), nv_loss)
+    nv_loss = loss_naive(params, arrays, cfg, dt, np.asarray(ref_loss), nv_loss)
     _judge(target, "loss", "loss", loss, np.asarray(ref_loss), np.asarray(nv_loss), case)
     if int(metrics["n_tokens"]) != ref_m["n_tokens"]:
         check.fail(f"metrics['n_tokens'] {metrics['n_tokens']} != {ref_m['n_tokens']}",
@@ -142,33 +146,6 @@ def test_loss_and_gradients(target, case):
     for name in ref_g:
         _judge(target, "gradient", name, grads[name], ref_g[name], nv_g[name], case,
                kind="gradient", magnitude=scales[_group(name)])
-
-
-def _loss_naive(params, arrays, cfg, dt, ref_loss, drawn):
-    """The loss's naive: the worst draw, or, when larger, the logits' worst naive error
-    propagated with aligned signs, sum_t ||dloss/dlogits_t||_1 max|dlogits_t|. The loss is one
-    number, one draw of its rounding errors averaged over tokens; a backend that rounds the
-    logits no worse than the naive can still land a few draws' width away (measured: bfloat16,
-    1.3x twice the worst of four draws, with logits within bound). The aligned sum is what
-    rounding the logits can cost at most, to first order: bugs of the loss's own size (its
-    normalisation, a target shift, the ignore index) stay far above it."""
-    fwd = {n: arrays[n] for n in ("tokens", *OPT)}
-    logits = _ref("model", params, fwd, cfg)[0]
-    naive = np.asarray(_naive("model", params, fwd, cfg, dt, (logits, None))[0], np.float64)
-    v = logits.shape[-1]
-    lg, tg = logits.reshape(-1, v), arrays["targets"].reshape(-1)
-    err = np.max(np.abs(naive.reshape(-1, v) - lg), axis=-1)
-    keep = tg >= 0
-    lse = np.log(np.sum(np.exp(lg - lg.max(-1, keepdims=True)), -1)) + lg.max(-1)
-    p = np.exp(lg - lse[:, None])
-    d = p.copy()
-    d[np.arange(len(tg))[keep], tg[keep]] -= 1
-    w = np.abs(d).sum(-1) + 2 * cfg.z_loss * np.abs(lse)  # ||dloss/dlogits_t||_1 (x n)
-    aligned = float(np.sum((w * err)[keep]) / max(int(keep.sum()), 1))
-    drawn = np.asarray(drawn, np.float64)
-    if aligned > float(np.abs(drawn - ref_loss)):
-        return ref_loss + aligned
-    return drawn
 
 
 def test_errors(target):

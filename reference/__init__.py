@@ -34,6 +34,7 @@ from lmspec.reference.quant_int4 import (
 from lmspec.reference.quant_int8 import dequant_int8, quant_int8
 from lmspec.reference.quant_kv_cache import quant_kv_cache
 from lmspec.reference.quant_matmul import quant_matmul, quant_matmul_vjp
+from lmspec.reference.rejection_sample import rejection_sample
 from lmspec.reference.rms_norm import rms_norm, rms_norm_vjp
 from lmspec.reference.rope import rope, rope_frequencies, rope_vjp
 from lmspec.reference.sdpa import sdpa, sdpa_vjp, visible
@@ -64,7 +65,7 @@ __all__ = [
     "moe_router_vjp",
     "dequant_fp4", "dequant_fp8", "dequant_int4", "dequant_int8", "pack_int4", "quant_fp4",
     "quant_fp8", "quant_int4", "quant_int8", "rtn_int4_codes", "unpack_int4",
-    "quant_matmul", "quant_matmul_vjp", "gptq", "awq", "quant_kv_cache",
+    "quant_matmul", "quant_matmul_vjp", "gptq", "awq", "quant_kv_cache", "rejection_sample",
     "rms_norm_vjp", "rope", "rope_frequencies", "rope_vjp", "sdpa", "sdpa_vjp", "softmax",
     "softmax_vjp", "swiglu", "swiglu_vjp", "train_step", "visible",
     "bpe_train", "tokenizer", "StreamDecoder", "bpe_encode_piece", "load_gpt2", "load_hf_json",

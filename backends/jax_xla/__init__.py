@@ -38,6 +38,7 @@ from lmspec.backends.jax_xla.quant_int4 import quant_int4
 from lmspec.backends.jax_xla.quant_int8 import quant_int8
 from lmspec.backends.jax_xla.quant_kv_cache import quant_kv_cache
 from lmspec.backends.jax_xla.quant_matmul import quant_matmul
+from lmspec.backends.jax_xla.rejection_sample import rejection_sample
 from lmspec.backends.jax_xla.rms_norm import rms_norm
 from lmspec.backends.jax_xla.rope import rope
 from lmspec.backends.jax_xla.sdpa import sdpa
@@ -52,7 +53,7 @@ __all__ = [
     "moe_balance_loss", "moe_bias_update", "moe_layer", "moe_layer_vjp", "moe_router",
     "moe_router_vjp",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
-    "quant_matmul", "gptq", "awq", "quant_kv_cache",
+    "quant_matmul", "gptq", "awq", "quant_kv_cache", "rejection_sample",
     "rms_norm", "rope", "sdpa", "softmax", "swiglu",
     "to_numpy", "train_step", "vjp",
 ]

@@ -47,6 +47,7 @@ from lmspec.backends.torch_triton.quant_int4 import quant_int4
 from lmspec.backends.torch_triton.quant_int8 import quant_int8
 from lmspec.backends.torch_triton.quant_kv_cache import quant_kv_cache
 from lmspec.backends.torch_triton.quant_matmul import quant_matmul
+from lmspec.backends.torch_triton.rejection_sample import rejection_sample
 from lmspec.backends.torch_triton.rms_norm import rms_norm
 from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
@@ -63,6 +64,6 @@ __all__ = [
     "model", "model_grad", "model_loss", "moe_balance_loss", "moe_bias_update", "moe_layer",
     "moe_router",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
-    "quant_matmul", "gptq", "awq", "quant_kv_cache",
+    "quant_matmul", "gptq", "awq", "quant_kv_cache", "rejection_sample",
     "rope", "sdpa", "softmax", "swiglu", "to_numpy", "train_step", "vjp",
 ]

@@ -1553,3 +1553,9 @@ import _train_mutants  # noqa: E402
 
 _train_mutants.register(MUTANTS, MUST_CATCH)
 globals().update({name: MUTANTS[name][1] for name in _train_mutants.PLANTS})
+
+# Rejection-sampler plants: the reference sampler with a patched helper or a wrong input/output.
+import _spec_mutants  # noqa: E402
+
+_spec_mutants.register(MUTANTS, MUST_CATCH)
+globals().update({name: MUTANTS[name][1] for name in _spec_mutants.PLANTS})

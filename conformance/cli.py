@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     from lmspec.conformance import _model_cli  # lmspec model inspect (imports no torch)
 
     _model_cli.add_parser(sub)
+    from lmspec.conformance import _train_cli  # lmspec train (imports the loop on use)
+
+    _train_cli.add_parser(sub)
+    from lmspec.conformance import _serve_cli  # lmspec serve | generate
+
+    _serve_cli.add_parser(sub)
     return p
 
 

@@ -1,0 +1,106 @@
+"""``lmspec train``: train a model of the catalog on the default corpus with any backend, or
+print a scaling-law plan (``--plan``). The loop is lmspec.train.loop; this is its command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lmspec.spec._model_config import PRESETS
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def add_parser(sub) -> None:
+    sp = sub.add_parser(
+        "train", help="train a model on the default corpus (the stdlib's sources), or --plan",
+        description="Train on the default corpus (this Python's stdlib sources, tokenized with "
+                    "a byte-level BPE vocabulary trained on it), with checkpoints, JSONL "
+                    "metrics and resume; or print a scaling-law plan with --plan.")
+    sp.add_argument("--model", default="tiny-llama",
+                    help=f"a preset ({', '.join(PRESETS)}), a config .json (lmspec's or HF's "
+                         "config.json) or an HF checkpoint directory (default tiny-llama)")
+    sp.add_argument("--backend", default="torch_triton", help="default torch_triton")
+    sp.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
+    sp.add_argument("--out", help="the run's folder (checkpoints, metrics.jsonl, run.json)")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue from the latest checkpoint in --out")
+    sp.add_argument("--batch-size", type=int, default=16, help="rows per micro-batch (16)")
+    sp.add_argument("--micro-batches", type=int, default=1,
+                    help="micro-batches accumulated per step (1)")
+    sp.add_argument("--seq-len", type=int, default=128, help="tokens per row (128)")
+    sp.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (3e-3)")
+    sp.add_argument("--schedule", default="cosine", choices=("constant", "cosine", "wsd"))
+    sp.add_argument("--warmup", type=int, default=20, help="warmup steps (20)")
+    sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="compute dtype (master weights stay float32)")
+    sp.add_argument("--eval-every", type=int, default=50, help="validation every K steps (50)")
+    sp.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every K steps")
+    sp.add_argument("--keep-last", type=int, default=2, help="checkpoints kept (2)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--corpus-bytes", type=int, default=2_000_000,
+                    help="how much of the stdlib corpus to read (2000000)")
+    sp.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
+    sp.add_argument("--plan", action="store_true",
+                    help="print a scaling-law plan for --params instead of training")
+    sp.add_argument("--params", type=_positive_float, help="parameters N for --plan, e.g. 1e9")
+    sp.add_argument("--tokens", type=_positive_float,
+                    help="training tokens D for --plan (default: Chinchilla's optimum)")
+    sp.add_argument("--plan-seq-len", type=int, default=2048,
+                    help="sequence length for --plan's batch in sequences (2048)")
+    sp.add_argument("--json", action="store_true", help="print the summary (or plan) as JSON")
+    sp.set_defaults(fn=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from lmspec.conformance.cli import CliError
+
+    if args.plan:
+        from lmspec.train.plan import plan
+
+        if args.params is None:
+            raise CliError("--plan needs --params, e.g. --params 1e9")
+        p = plan(args.params, args.tokens, args.plan_seq_len)
+        if args.json:
+            print(json.dumps({"n_params": p.n_params, "tokens": p.tokens, "flops": p.flops,
+                              "lr": p.lr, "batch_tokens": p.batch_tokens,
+                              "batch_sequences": p.batch_sequences, "steps": p.steps,
+                              "expected_loss": p.expected_loss}))
+        else:
+            print("\n".join(p.lines()))
+        return 0
+    if args.params is not None or args.tokens is not None:
+        raise CliError("--params and --tokens go with --plan")
+    if not args.out:
+        raise CliError("train needs --out DIR (where checkpoints and metrics go)")
+    from lmspec import backends
+    from lmspec.train.loop import RunConfig, train
+
+    try:
+        backends.load(args.backend)
+    except (KeyError, backends.BackendUnavailable) as e:
+        raise CliError(f"--backend {args.backend}: {e}") from None
+    run = RunConfig(model=args.model, backend=args.backend, steps=args.steps,
+                    batch_size=args.batch_size, micro_batches=args.micro_batches,
+                    seq_len=args.seq_len, lr=args.lr, schedule=args.schedule,
+                    warmup_steps=args.warmup, compute_dtype=args.dtype,
+                    eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+                    keep_last=args.keep_last, seed=args.seed,
+                    corpus_bytes=args.corpus_bytes)
+    try:
+        summary = train(run, args.out, resume=args.resume,
+                        progress=False if args.no_progress else None)
+    except (FileExistsError, FloatingPointError) as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+

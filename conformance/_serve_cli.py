@@ -1,0 +1,121 @@
+"""``lmspec serve`` (the OpenAI-compatible server) and ``lmspec generate`` (a prompt streamed
+to the terminal) over the engine (lmspec.serve).
+
+The model: an lmspec run folder or checkpoint step folder (``lmspec train --out DIR``), or an
+HF checkpoint directory. Without ``--model`` the default model is used: tiny-llama trained on
+the default corpus by ``lmspec train`` on first use (a few minutes on 2 cores, with
+progress), kept in ``$LMSPEC_HOME/default-model`` (default ``~/.cache/lmspec``) and reused
+afterwards; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_STEPS = 1200
+
+
+def default_model_dir() -> Path:
+    home = os.environ.get("LMSPEC_HOME") or Path.home() / ".cache" / "lmspec"
+    return Path(home) / "default-model"
+
+
+def ensure_default_model(backend: str = "torch_triton", log=None) -> Path:
+    """The default model's run folder, trained first if it holds no finished run."""
+    from lmspec.train import checkpoint as ckpt
+    from lmspec.train.loop import RunConfig, train
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    out = default_model_dir()
+    run = RunConfig(model="tiny-llama", backend=backend, steps=DEFAULT_STEPS, eval_every=100,
+                    ckpt_every=100)
+    latest = ckpt.latest(out) if out.exists() else None
+    if latest is not None and ckpt.load(latest).step >= DEFAULT_STEPS:
+        return out
+    log(f"lmspec: no default model yet: training tiny-llama on the default corpus into {out} "
+        f"({DEFAULT_STEPS} steps, a few minutes; done once)")
+    train(run, out, resume=latest is not None)
+    return out
+
+
+def _engine(args):
+    from lmspec.serve.engine import Engine
+
+    path = Path(args.model) if args.model else ensure_default_model(args.backend)
+    if not path.exists():
+        from lmspec.conformance.cli import CliError
+
+        raise CliError(f"--model: no such folder {path}")
+    return Engine.from_path(path, backend=args.backend, dtype=args.dtype,
+                            block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                            max_tokens_per_step=args.max_tokens_per_step,
+                            max_model_len=args.max_model_len), path
+
+
+def add_parser(sub) -> None:
+    def engine_args(sp):
+        sp.add_argument("--model", help="a run or checkpoint folder of lmspec train, or an HF "
+                                        "checkpoint directory (default: the default model, "
+                                        "trained on first use)")
+        sp.add_argument("--backend", default="torch_triton", help="default torch_triton")
+        sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+        sp.add_argument("--block-size", type=int, default=16, help="KV block size (16)")
+        sp.add_argument("--max-num-seqs", type=int, default=16,
+                        help="sequences per step (16)")
+        sp.add_argument("--max-tokens-per-step", type=int, default=256,
+                        help="token budget per step, prefill chunks included (256)")
+        sp.add_argument("--max-model-len", type=int, default=1024,
+                        help="prompt + output tokens per request (1024)")
+
+    sp = sub.add_parser("serve", help="an OpenAI-compatible server (completions, chat, "
+                                      "streaming) on the engine")
+    engine_args(sp)
+    sp.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--served-model-name", help="the model id clients send (default: the "
+                                                "folder's name)")
+    sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("generate", help="stream one completion to the terminal")
+    engine_args(sp)
+    sp.add_argument("prompt", help="the prompt text")
+    sp.add_argument("--max-tokens", type=int, default=64)
+    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--top-p", type=float, default=0.95)
+    sp.add_argument("--seed", type=int)
+    sp.set_defaults(fn=cmd_generate)
+
+
+def cmd_serve(args) -> int:
+    from lmspec.serve.server import serve
+
+    engine, path = _engine(args)
+    name = args.served_model_name or path.name
+    print(f"lmspec: serving {name} ({path}) on http://{args.host}:{args.port}/v1",
+          file=sys.stderr, flush=True)
+    serve(engine, host=args.host, port=args.port, model_name=name)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from lmspec.conformance.cli import CliError
+    from lmspec.serve.engine import SamplingParams
+
+    engine, _ = _engine(args)
+    if engine.tokenizer is None:
+        raise CliError("generate: this model has no tokenizer (vocab.json or tokenizer.json)")
+    try:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    rid = engine.add_request(engine.tokenizer.encode_ordinary(args.prompt), params)
+    sys.stdout.write(args.prompt)
+    while engine.has_work():
+        for o in engine.step():
+            if o.request_id == rid and o.text:
+                sys.stdout.write(o.text)
+                sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

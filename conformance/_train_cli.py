@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--corpus-bytes", type=int, default=2_000_000,
                     help="how much of the stdlib corpus to read (2000000)")
+    sp.add_argument("--valid-every", type=int, default=20,
+                    help="hold out every K-th document for validation (20)")
     sp.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
     sp.add_argument("--plan", action="store_true",
                     help="print a scaling-law plan for --params instead of training")
@@ -94,7 +96,7 @@ def cmd_train(args) -> int:
                     warmup_steps=args.warmup, compute_dtype=args.dtype,
                     eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                     keep_last=args.keep_last, seed=args.seed,
-                    corpus_bytes=args.corpus_bytes)
+                    corpus_bytes=args.corpus_bytes, valid_every=args.valid_every)
     try:
         summary = train(run, args.out, resume=args.resume,
                         progress=False if args.no_progress else None)

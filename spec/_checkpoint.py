@@ -630,7 +630,7 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
     header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
     blobs, off = [], 0
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.asarray(tensors[name], order="C")  # keeps 0-d (ascontiguousarray: 1-d)
         key = a.dtype.name if a.dtype.name in rev else None
         if key is None:
             raise ValueError(f"{name}: dtype {a.dtype} has no safetensors form")

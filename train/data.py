@@ -5,6 +5,7 @@ spec/model.py's ``model_loss``), and a deterministic, resumable batch order."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,11 @@ BACKEND = "bpe_fast"  # 1 MB of stdlib, vocab 512, 2 cores: trains in 0.4 s (ref
 def corpus_paths(*, include_tests: bool = False) -> list[str]:
     """The stdlib's ``*.py`` files as paths relative to its root (``sysconfig``'s "stdlib"),
     sorted as POSIX strings; site-/dist-packages always excluded, test folders unless asked."""
+    return list(_corpus_paths(bool(include_tests)))
+
+
+@functools.lru_cache(maxsize=2)  # the walk takes 0.3 s on the 2-core machine; files are fixed
+def _corpus_paths(include_tests: bool) -> tuple[str, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     out = []
     for p in root.rglob("*.py"):
@@ -39,19 +45,23 @@ def corpus_paths(*, include_tests: bool = False) -> list[str]:
         if not include_tests and TEST_DIRS & set(parts[:-1]):
             continue
         out.append(p.relative_to(root).as_posix())
-    return sorted(out)
+    return tuple(sorted(out))
 
 
 def corpus_documents(max_bytes: int | None = None, *, include_tests: bool = False) -> list[str]:
     """The default corpus: one document per stdlib file of ``corpus_paths``, in that order,
-    read as UTF-8. Files that do not decode, and empty files, are skipped. ``max_bytes`` caps
-    the total UTF-8 size: whole documents are taken while the total stays within it (so a
-    smaller cap gives a prefix of a larger cap's list). Deterministic on a given Python."""
+    each the file's bytes decoded as UTF-8 (no newline translation: ``\\r\\n`` stays). Files
+    that do not decode, and empty files, are skipped. ``max_bytes`` caps the total UTF-8
+    size: documents are taken in order until the next one would pass the cap (so a smaller
+    cap gives a prefix of a larger cap's list). Deterministic on a given Python."""
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+                                  or max_bytes < 0):
+        raise ValueError(f"max_bytes: expected an integer >= 0 or None, got {max_bytes!r}")
     root = Path(sysconfig.get_paths()["stdlib"])
     docs, total = [], 0
     for rel in corpus_paths(include_tests=include_tests):
         try:
-            text = (root / rel).read_text(encoding="utf-8")
+            text = (root / rel).read_bytes().decode("utf-8")
         except (UnicodeDecodeError, OSError):
             continue  # a few test files are deliberately not UTF-8
         size = len(text.encode("utf-8"))
@@ -67,8 +77,8 @@ def corpus_documents(max_bytes: int | None = None, *, include_tests: bool = Fals
 def split(docs: Sequence[str], every: int = 20) -> tuple[list[str], list[str]]:
     """(train, held out) by document: document i is held out iff ``i % every == every - 1``.
     By index in the corpus order, so a prefix of the corpus splits as a prefix of the split."""
-    if every < 2:
-        raise ValueError(f"every: expected >= 2, got {every}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+        raise ValueError(f"every: expected an integer >= 2, got {every!r}")
     train = [d for i, d in enumerate(docs) if i % every != every - 1]
     return train, [d for i, d in enumerate(docs) if i % every == every - 1]
 
@@ -122,11 +132,20 @@ def train_vocabulary(texts: Sequence[str], vocab_size: int = 512, *, pattern: st
     (its id is the last: ``n_vocab <= vocab_size``, smaller if the merges ran out). EOS is not
     a special of the training: the texts are trained, and encoded, as plain text. With
     ``cache_dir`` the result is kept there as JSON, keyed by the texts, size and pattern."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
+        raise ValueError(f"vocab_size: expected an integer >= 257 (256 bytes + EOS), got "
+                         f"{vocab_size!r}")
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts: expected a sequence of str")
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"vocab-{_key(texts, vocab_size, pattern)}.json"
         if path.exists():
-            return Vocabulary.from_json(json.loads(path.read_text()))
+            try:
+                return Vocabulary.from_json(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}: not a vocabulary ({e}); delete it to retrain") \
+                    from None
     model = backends.load(backend).fn("bpe_train")(list(texts), vocab_size=vocab_size - 1,
                                                    pattern=pattern)
     by_id = sorted(model.ranks.items(), key=lambda kv: kv[1])
@@ -161,8 +180,10 @@ def pack(docs: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> dict[str, 
     that no target crosses a segment). Segment ids are the document's index; the last row is
     padded with token ``eos_id``, segment id ``len(docs)`` and ignored targets.
     """
-    if seq_len < 1:
-        raise ValueError(f"seq_len: expected >= 1, got {seq_len}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len: expected an integer >= 1, got {seq_len!r}")
+    if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)) or eos_id < 0:
+        raise ValueError(f"eos_id: expected an integer >= 0, got {eos_id!r}")
     lengths = np.array([len(d) + 1 for d in docs], np.int64)
     stream = np.full(int(lengths.sum()), eos_id, np.int32)
     ends = np.cumsum(lengths)
@@ -185,7 +206,10 @@ def unigram_entropy(ids: np.ndarray) -> float:
     loss of a model that knows token frequencies and nothing else, when given the targets of
     the rows it is measured on."""
     ids = np.asarray(ids).ravel()
-    counts = np.bincount(ids[ids != IGNORE_INDEX])
+    ids = ids[ids != IGNORE_INDEX]
+    if ids.size == 0:
+        raise ValueError("ids: expected at least one id that is not IGNORE_INDEX")
+    counts = np.bincount(ids)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
@@ -197,22 +221,43 @@ class Batches:
     """An endless iterator over ``{tokens, targets, segment_ids}``, each (A, B, T): A
     micro-batches of B rows. Epoch e visits the rows in ``default_rng((seed, e))``'s
     permutation, ``len(rows) // (A B)`` steps (the remainder waits for later epochs' orders).
-    ``state_dict()`` is where it stands; ``load_state_dict`` resumes exactly there."""
+    ``state_dict()`` is where it stands; ``load_state_dict`` resumes exactly there, and
+    refuses a state saved for other rows (their SHA-256 ``fingerprint``), another seed or
+    another number of rows per step."""
 
     def __init__(self, rows: dict[str, np.ndarray], batch_size: int, micro_batches: int = 1,
                  seed: int = 0):
-        self.rows, self.seed = rows, seed
-        self.shape = (micro_batches, batch_size)
+        for name, v in (("batch_size", batch_size), ("micro_batches", micro_batches)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+        if "tokens" not in rows or len({len(v) for v in rows.values()}) != 1:
+            raise ValueError("rows: expected 'tokens' and arrays of one length (pack's output)")
+        self.rows, self.seed = rows, int(seed)
+        self.shape = (int(micro_batches), int(batch_size))
         self.n_rows = len(rows["tokens"])
-        self.steps_per_epoch = self.n_rows // (micro_batches * batch_size)
+        self.steps_per_epoch = self.n_rows // (self.shape[0] * self.shape[1])
         if self.steps_per_epoch == 0:
             raise ValueError(f"batch_size: {micro_batches} x {batch_size} rows per step, "
                              f"only {self.n_rows} rows")
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
+        self._fingerprint: str | None = None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng((self.seed, epoch)).permutation(self.n_rows)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex digits) of the rows: names, dtypes, shapes and bytes."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for k in sorted(self.rows):
+                a = np.ascontiguousarray(self.rows[k])
+                h.update(json.dumps([k, a.dtype.str, a.shape]).encode() + a.tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def __iter__(self) -> Batches:
         return self
@@ -229,15 +274,26 @@ class Batches:
     def state_dict(self) -> dict:
         """JSON-safe: the next batch is step ``index`` of epoch ``epoch``."""
         return {"seed": self.seed, "epoch": self.epoch, "index": self.index,
-                "n_rows": self.n_rows, "rows_per_step": self.shape[0] * self.shape[1]}
+                "n_rows": self.n_rows, "rows_per_step": self.shape[0] * self.shape[1],
+                "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for k in ("n_rows", "rows_per_step"):
+        missing = sorted(set(mine) - set(state)) if isinstance(state, dict) else sorted(mine)
+        if missing:
+            raise ValueError(f"state: missing {missing} (expected Batches.state_dict())")
+        for k, why in (("n_rows", "other data?"), ("rows_per_step", "another batch shape?"),
+                       ("fingerprint", "other rows: corpus, vocabulary or seq_len"),
+                       ("seed", "another seed: another order")):
             if state[k] != mine[k]:
-                raise ValueError(f"state: {k} {state[k]} saved, {mine[k]} here (other data?)")
-        self.seed, self.epoch, self.index = state["seed"], state["epoch"], state["index"]
-        self._order = self._permutation(self.epoch)
+                raise ValueError(f"state: {k} {state[k]!r} saved, {mine[k]!r} here ({why})")
+        epoch, index = state["epoch"], state["index"]
+        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(index, int)
+                and 0 <= index <= self.steps_per_epoch):
+            raise ValueError(f"state: epoch {epoch!r}, index {index!r}: expected epoch >= 0 "
+                             f"and 0 <= index <= {self.steps_per_epoch}")
+        self.epoch, self.index = epoch, index
+        self._order = self._permutation(epoch)
 
 
 def in_order(rows: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -266,6 +322,10 @@ def default_data(seq_len: int, *, vocab_size: int = 512, max_bytes: int = 2_000_
     """The default corpus (``max_bytes``), split by ``every``; the vocabulary trained on the
     train documents' first ``vocab_bytes``; both splits encoded and packed."""
     train_docs, valid_docs = split(corpus_documents(max_bytes), every)
+    if not valid_docs:
+        raise ValueError(f"max_bytes: {max_bytes} bytes of the corpus give "
+                         f"{len(train_docs)} documents, none held out at every={every}: "
+                         "raise max_bytes or lower every")
     head, size = [], 0
     for d in train_docs:
         size += len(d.encode("utf-8"))

@@ -66,10 +66,11 @@ class RunConfig:
     log_every: int = 10
     corpus_bytes: int = 2_000_000
     vocab_size: int = 512
+    valid_every: int = 20  # document i is held out iff i % valid_every == valid_every - 1
 
     def __post_init__(self) -> None:
         for n in ("steps", "batch_size", "micro_batches", "seq_len", "eval_every",
-                  "eval_batches", "ckpt_every", "log_every", "corpus_bytes"):
+                  "eval_batches", "ckpt_every", "log_every", "corpus_bytes", "valid_every"):
             v = getattr(self, n)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{n}: expected an integer >= 1, got {v!r}")
@@ -216,7 +217,7 @@ def evaluate(b, params, config: ModelConfig, rows: dict[str, np.ndarray], batch_
                                         segment_ids=seg, config=config)
         total += float(metrics["ce"]) * n
         count += n
-    return total / max(count, 1)
+    return total / count if count else math.nan
 
 
 def _takes_segments(config: ModelConfig) -> bool:
@@ -271,7 +272,8 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
     if cache_dir is None:
         cache_dir = os.environ.get("LMSPEC_TRAIN_CACHE") or out / "cache"
     data = D.default_data(run.seq_len, vocab_size=run.vocab_size, max_bytes=run.corpus_bytes,
-                          vocab_bytes=min(run.corpus_bytes, 1_000_000), cache_dir=cache_dir)
+                          vocab_bytes=min(run.corpus_bytes, 1_000_000), every=run.valid_every,
+                          cache_dir=cache_dir)
     tc = run.train_config()
     batches = D.Batches(data.train, run.batch_size, run.micro_batches, seed=run.seed)
     if resume:
@@ -364,6 +366,5 @@ def _save(out: Path, b, state: State, config: ModelConfig, tc: TrainConfig, run:
     return ckpt.save(out, state.step, params=_to_numpy(b, state.params),
                      opt_state=_to_numpy(b, state.opt_state), model_config=config.to_dict(),
                      train_config=tc.to_dict(), data_state=batches.state_dict(),
-                     rng_state={"seed": run.seed}, extra={"run": run.to_dict(),
-                                                          "backend": run.backend},
-                     keep_last=run.keep_last)
+                     rng_state={"seed": run.seed}, extra={"run": run.to_dict()},
+                     backend=run.backend, keep_last=run.keep_last)

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 
 SMALL = dict(model="tiny-llama", backend="torch_triton", steps=6, batch_size=4, seq_len=32,
              eval_every=3, eval_batches=2, ckpt_every=3, log_every=1, corpus_bytes=120_000,
-             vocab_size=300, warmup_steps=2)
+             vocab_size=300, warmup_steps=2, valid_every=4)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def test_metrics_run_json_and_the_loss_falls(tmp_path, cache):
     assert np.mean(train_loss[-3:]) < np.mean(train_loss[:3])  # 12 steps at lr 1e-2 learn
     (val,) = [r for r in rows if r["split"] == "valid"]
     assert val["step"] == 12 and val["value"] == pytest.approx(s["val_loss"])
+    assert 0 < val["value"] < 1.5 * s["unigram_entropy"]  # a real held-out loss, not 0
     info = json.loads((tmp_path / "run.json").read_text())
     assert info["run"]["steps"] == 12 and info["n_vocab"] <= 300
     assert info["model_config"]["vocab_size"] == info["n_vocab"]
@@ -89,7 +90,8 @@ def test_cli_trains_and_resumes(tmp_path, cache, capsys, monkeypatch):
     monkeypatch.setenv("LMSPEC_TRAIN_CACHE", str(cache))
     out = str(tmp_path / "cli")
     small = ["--batch-size", "2", "--seq-len", "16", "--eval-every", "2", "--ckpt-every", "2",
-             "--corpus-bytes", "100000", "--warmup", "1", "--no-progress", "--json"]
+             "--corpus-bytes", "100000", "--valid-every", "4", "--warmup", "1", "--no-progress",
+             "--json"]
     assert main(["train", "--out", out, "--steps", "2", *small]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["step"] == 2

@@ -56,6 +56,9 @@ GATES = (
          "whole models: no slower than HF's LlamaForCausalLM on the dense config (goal 1.3x)"),
     Gate("model", "torch_triton", "peer:transformers", 1.0, "dense-fwd+bwd-N1024",
          "whole models: a training step no slower than HF's (goal 1.3x)"),
+    Gate("train_step", "torch_triton", "peer:transformers+AdamW", 1.2, "dense-step-N1024",
+         "training: a step (fwd, bwd, clip, AdamW) >= 1.2x HF's LlamaForCausalLM + "
+         "torch.optim.AdamW"),
 )
 
 

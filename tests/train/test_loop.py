@@ -101,3 +101,27 @@ def test_cli_trains_and_resumes(tmp_path, cache, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 4
     assert main(["train", "--steps", "2"]) == 2  # no --out
     assert main(["train", "--out", out, "--backend", "nope"]) == 2
+
+
+def test_a_checkpoint_of_one_backend_runs_in_the_other(tmp_path, cache):
+    """torch_triton's checkpoint, loaded by jax_xla (and the float64 reference): the same
+    loss on the same batch, to float32 rounding."""
+    pytest.importorskip("jax")
+    from lmspec import backends
+    from lmspec.spec.model import ModelConfig
+
+    _run(tmp_path, cache, steps=3)
+    c = ckpt.load(tmp_path)
+    config = ModelConfig.from_dict(c.model_config)
+    rng = np.random.default_rng(0)
+    tok = rng.integers(0, config.vocab_size, (2, 16))
+    tgt = np.roll(tok, -1, axis=1)
+    losses = {}
+    for name, dt in (("torch_triton", "float32"), ("jax_xla", "float32"),
+                     ("reference", "float64")):
+        b = backends.load(name)
+        p = {n: b.asarray(a, dt) for n, a in c.params.items()}
+        losses[name] = float(b.fn("model_loss")(p, b.asarray(tok, None), b.asarray(tgt, None),
+                                                config=config)[0])
+    assert losses["torch_triton"] == pytest.approx(losses["reference"], rel=1e-5)
+    assert losses["jax_xla"] == pytest.approx(losses["reference"], rel=1e-5)

@@ -114,7 +114,7 @@ class Engine:
                  dtype: str = "float32", block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 16, max_tokens_per_step: int = 256,
                  max_model_len: int | None = None, prefix_caching: bool = True,
-                 tokenizer=None, eos_id: int | None = None):
+                 tokenizer=None, eos_id: int | None = None, batched: bool = True):
         self.config, self.dtype = config, dtype
         self.b = backends.load(backend)
         if not self.b.has("model"):
@@ -126,7 +126,16 @@ class Engine:
         recurrent = has_recurrent_state(config)
         self.blocks = BlockManager(num_blocks, block_size,
                                    prefix_caching=prefix_caching and not recurrent)
-        self.kv = PagedKV(config, num_blocks, block_size, _host_dtype(dtype))
+        # batched steps (every chunk of a step in one forward) where the backend has them
+        self.batched = batched and self.b.has("model_packed") and config.mla is None \
+            and not recurrent
+        if self.batched:
+            from lmspec.serve.kv import TorchPagedKV
+
+            e = self.p["embed"]
+            self.kv = TorchPagedKV(config, num_blocks, block_size, e.dtype, e.device)
+        else:
+            self.kv = PagedKV(config, num_blocks, block_size, _host_dtype(dtype))
         self.scheduler = Scheduler(self.blocks, max_num_seqs=max_num_seqs,
                                    max_tokens=max_tokens_per_step)
         self.tokenizer, self.eos_id = tokenizer, eos_id
@@ -211,6 +220,8 @@ class Engine:
             self.kv.drop(seq_id)
         for src, dst in d.copies:
             self.kv.copy(src, dst)
+        if self.batched:
+            return self._sample(self._batched_forward(d.chunks))
         last_logits = {}
         for c in d.chunks:
             table = self.blocks.block_table(c.seq_id)
@@ -228,6 +239,31 @@ class Engine:
             if c.samples:
                 last_logits[c.seq_id] = np.asarray(self.b.to_numpy(logits), np.float64)[0, -1]
         return self._sample(last_logits)
+
+    def _batched_forward(self, chunks) -> dict[Hashable, np.ndarray]:
+        """Every chunk of the step in one forward (model_packed); the logits of the chunks
+        that sample."""
+        if not chunks:
+            return {}
+        self.kv.plan([(self.blocks.block_table(c.seq_id), c.start, len(c.tokens))
+                      for c in chunks])
+        tokens = np.concatenate([np.asarray(c.tokens, np.int64) for c in chunks])
+        positions = np.concatenate([np.arange(c.start, c.start + len(c.tokens))
+                                    for c in chunks])
+        rows, ids, end = [], [], 0
+        for c in chunks:
+            end += len(c.tokens)
+            key = "prefill_tokens" if c.is_prefill else "decode_tokens"
+            self.stats[key] += len(c.tokens)
+            if c.samples:
+                rows.append(end - 1)
+                ids.append(c.seq_id)
+        layers = [self.kv.layer(i) for i in range(self.config.n_layers)]
+        logits = self.b.fn("model_packed")(self.p, self.b.asarray(tokens, None),
+                                           self.b.asarray(positions, None), layers,
+                                           config=self.config, logits_at=rows)
+        out = np.asarray(self.b.to_numpy(logits), np.float64)
+        return {sid: out[j] for j, sid in enumerate(ids)}
 
     def _sample(self, rows: dict[Hashable, np.ndarray]) -> list[Output]:
         outs, sampled, stop = [], {}, {}

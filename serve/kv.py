@@ -88,3 +88,75 @@ class PagedKV:
 
     def drop(self, seq_id: Hashable) -> None:
         self.states.pop(seq_id, None)
+
+
+class TorchPagedKV:
+    """The paged pool as torch tensors on the backend's device, for the batched step of
+    torch_triton's ``model_packed``: per layer ``k`` and ``v`` of shape (num_blocks *
+    block_size, Hkv, hd), slot index = block * block_size + offset. ``plan`` sets the
+    step's layout (each sequence's new slots and all of its slots, in packed order); then
+    each layer's ``attend`` writes the step's keys and values and attends each sequence's
+    queries over its own positions with the backend's sdpa (causal, bottom-right: the new
+    tokens are the sequence's last)."""
+
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype, device):
+        import torch
+
+        self.config, self.block_size = config, block_size
+        shape = (num_blocks * block_size, config.kv_heads, config.hd)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.device = device
+        self._plan: list = []
+        self.new_slots = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def slots(self, table: Sequence[int], start: int, stop: int) -> np.ndarray:
+        pos = np.arange(start, stop)
+        return np.asarray(table, np.int64)[pos // self.block_size] * self.block_size + \
+            pos % self.block_size
+
+    def plan(self, chunks: list[tuple[Sequence[int], int, int]]) -> None:
+        """chunks: (block table, start, number of new tokens) per sequence, in packed order."""
+        import torch
+
+        new, self._plan, q0 = [], [], 0
+        for table, start, n in chunks:
+            new.append(self.slots(table, start, start + n))
+            every = torch.as_tensor(self.slots(table, 0, start + n), device=self.device)
+            self._plan.append((q0, q0 + n, every))
+            q0 += n
+        self.new_slots = torch.as_tensor(np.concatenate(new), device=self.device)
+
+    def layer(self, i: int) -> _TorchLayer:
+        return _TorchLayer(self, i)
+
+    def copy(self, src: int, dst: int) -> None:
+        b = self.block_size
+        for t in self.k + self.v:
+            t[dst * b:(dst + 1) * b] = t[src * b:(src + 1) * b]
+
+    def drop(self, seq_id) -> None:
+        pass  # no per-sequence state in a GQA pool
+
+
+class _TorchLayer:
+    def __init__(self, kv: TorchPagedKV, i: int):
+        self.kv, self.i = kv, i
+
+    def attend(self, q, k, v, window):
+        from lmspec.backends.torch_triton.sdpa import sdpa
+
+        kv = self.kv
+        pk, pv = kv.k[self.i], kv.v[self.i]
+        pk[kv.new_slots] = k.to(pk.dtype)
+        pv[kv.new_slots] = v.to(pv.dtype)
+        outs = []
+        for q0, q1, every in kv._plan:
+            o, _ = sdpa(q[None, q0:q1], pk[every][None].to(q.dtype), pv[every][None].to(q.dtype),
+                        causal=True, window=window)
+            outs.append(o[0])
+        return outs[0] if len(outs) == 1 else __import__("torch").cat(outs)

@@ -36,7 +36,7 @@ from lmspec.backends.torch_triton.lightning_attention import lightning_attention
 from lmspec.backends.torch_triton.linear_attention import linear_attention
 from lmspec.backends.torch_triton.log_softmax import log_softmax
 from lmspec.backends.torch_triton.mla import mla
-from lmspec.backends.torch_triton.model import model, model_grad, model_loss
+from lmspec.backends.torch_triton.model import model, model_grad, model_loss, model_packed
 from lmspec.backends.torch_triton.moe_balance_loss import moe_balance_loss
 from lmspec.backends.torch_triton.moe_bias_update import moe_bias_update
 from lmspec.backends.torch_triton.moe_layer import moe_layer
@@ -61,7 +61,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 __all__ = [
     "DTYPES", "NAME", "asarray", "attention_merge", "cross_entropy", "embedding", "geglu",
     "layer_norm", "lightning_attention", "linear_attention", "log_softmax", "mla", "rms_norm",
-    "model", "model_grad", "model_loss", "moe_balance_loss", "moe_bias_update", "moe_layer",
+    "model", "model_grad", "model_loss", "model_packed", "moe_balance_loss", "moe_bias_update",
+    "moe_layer",
     "moe_router",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
     "quant_matmul", "gptq", "awq", "quant_kv_cache", "rejection_sample",

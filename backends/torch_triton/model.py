@@ -30,7 +30,7 @@ from lmspec.spec.model import (
     trainable,
 )
 
-__all__ = ["model", "model_grad", "model_loss"]
+__all__ = ["model", "model_grad", "model_loss", "model_packed"]
 
 
 def _linear(x, w, b=None):
@@ -63,6 +63,9 @@ def _gqa(P, pre, h, pos, seg, cache, cfg: ModelConfig, i: int):
               scaling=cfg.rope_scaling)
     # q and k rotated in one call (one cos/sin table for both): heads are independent
     q, k = rope(torch.cat((q, k), dim=2), pos, **kw).split((H, hkv), dim=2)
+    if cache is not None and hasattr(cache, "attend"):  # the engine's paged KV: model_packed
+        o = cache.attend(q[0], k[0], v[0], cfg.window(i))  # (N, H, hd)
+        return o.reshape(b, t, H * hd) @ P[pre + "wo"], cache
     if cache is not None:
         k = torch.cat((cache["k"].to(k.dtype), k), dim=1)  # (B, Tc + T, Hkv, hd)
         v = torch.cat((cache["v"].to(v.dtype), v), dim=1)
@@ -209,6 +212,29 @@ def _forward(params, tokens, positions, segment_ids, caches, config: ModelConfig
         logits = logits @ _head(P, config)
     mtp_logits = _mtp(P, x, tokens.long(), pos, seg, config, stats) if mtp else []
     return logits, new_caches, stats, mtp_logits
+
+
+def model_packed(params, tokens, positions, caches, *, config: ModelConfig, logits_at):
+    """The serving engine's batched step (not a spec stem): the new tokens of many sequences
+    packed into one row, (N,) ids at (N,) positions, each GQA layer's attention done by
+    ``caches[i].attend(q, k, v, window)`` (q (N, H, hd), k and v (N, Hkv, hd): it writes k
+    and v into its paged pool and returns every token's attention over its own sequence);
+    every other operation runs once over all N tokens. Returns the logits (len(logits_at),
+    V) of the rows ``logits_at``. GQA models only (MLA and lightning layers keep per-sequence
+    caches: the engine runs those one sequence at a time)."""
+    if config.mla is not None or "linear" in config.layer_kinds():
+        raise ValueError("model_packed: GQA models only (MLA / lightning layers: use model)")
+    P = params
+    device = P["embed"].device
+    tokens = torch.as_tensor(tokens, device=device).reshape(1, -1)
+    pos = torch.as_tensor(positions, device=device).reshape(1, -1).long()
+    x = embedding(tokens, P["embed"])  # (1, N, D)
+    stats: list = []
+    for i, kind in enumerate(config.layer_kinds()):
+        x, _ = _layer(P, f"layers.{i}.", x, pos, None, caches[i], config, i, kind, stats)
+    h = rms_norm(x[0, torch.as_tensor(logits_at, device=device).long()], P["final_norm"],
+                 eps=config.norm_eps)
+    return h @ _head(P, config)
 
 
 def model(params, tokens, positions=None, segment_ids=None, caches=None, *,

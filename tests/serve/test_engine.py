@@ -28,8 +28,10 @@ KNIFE = 1e-4
 
 
 def _alone(kind, prompt, params):
+    """The request alone: no batching, no chunking, no cache hits, one sequence's model."""
     eng = Engine(CONFIGS[kind], PARAMS[kind], block_size=16, max_num_seqs=1,
-                 max_tokens_per_step=512, max_model_len=256, prefix_caching=False)
+                 max_tokens_per_step=512, max_model_len=256, prefix_caching=False,
+                 batched=False)
     (out,) = eng.generate([prompt], params)
     return out
 
@@ -47,10 +49,20 @@ def _last_logits(kind, tokens) -> np.ndarray:
 _ON_BACKEND: dict = {}
 
 
-def _gap(kind, tokens) -> float:
-    """The top-2 logit gap of the full forward's last position."""
-    top = np.sort(_last_logits(kind, tokens))[-2:]
-    return float(top[1] - top[0])
+def _on_a_knife_edge(kind, prompt, out, q) -> bool:
+    """Whether the token after prompt + out is decided within rounding: greedy with the top
+    two logits within KNIFE, or a sampled token whose uniform lies within KNIFE of the
+    boundary of its CDF interval (the pick changes within u +- KNIFE)."""
+    from lmspec.serve.engine import uniform
+
+    logits = _last_logits(kind, prompt + out)
+    if q.temperature == 0:
+        top = np.sort(logits)[-2:]
+        return float(top[1] - top[0]) < KNIFE
+    u = uniform(q.seed, len(out))
+    pick = {sample_one(logits, q, prompt, out, min(max(x, 0.0), 1 - 1e-12))[0]
+            for x in (u - KNIFE, u + KNIFE)}
+    return len(pick) > 1
 
 
 requests = st.lists(st.tuples(st.lists(st.integers(0, 63), min_size=1, max_size=30),
@@ -61,9 +73,10 @@ requests = st.lists(st.tuples(st.lists(st.integers(0, 63), min_size=1, max_size=
 @settings(deadline=None, max_examples=12)
 @given(kind=st.sampled_from(sorted(CONFIGS)), reqs=requests,
        block_size=st.sampled_from([1, 4, 16]), max_tokens=st.integers(1, 40),
-       max_num_seqs=st.integers(1, 4), tight=st.booleans(), shared=st.booleans())
+       max_num_seqs=st.integers(1, 4), tight=st.booleans(), shared=st.booleans(),
+       batched=st.booleans())
 def test_outputs_equal_each_request_alone(kind, reqs, block_size, max_tokens, max_num_seqs,
-                                          tight, shared):
+                                          tight, shared, batched):
     head = [5, 9, 2, 7, 1, 3, 8, 4, 6] if shared else []  # a shared system prompt
     prompts = [head + p for p, *_ in reqs]
     params = [SamplingParams(max_tokens=m, temperature=0 if greedy else 0.9, seed=s,
@@ -71,7 +84,9 @@ def test_outputs_equal_each_request_alone(kind, reqs, block_size, max_tokens, ma
     need = max(-(-(len(p) + q.max_tokens) // block_size) for p, q in zip(prompts, params))
     eng = Engine(CONFIGS[kind], PARAMS[kind], block_size=block_size,
                  num_blocks=need if tight else 4 * need * len(prompts),
-                 max_num_seqs=max_num_seqs, max_tokens_per_step=max_tokens, max_model_len=256)
+                 max_num_seqs=max_num_seqs, max_tokens_per_step=max_tokens, max_model_len=256,
+                 batched=batched)
+    event(f"batched={eng.batched}")
     outs = eng.generate(prompts, params)
     if eng.stats["preemptions"]:
         event("preempted")
@@ -81,10 +96,9 @@ def test_outputs_equal_each_request_alone(kind, reqs, block_size, max_tokens, ma
         want = _alone(kind, p, q)
         if got != want:
             i = next(j for j, (a, b) in enumerate(zip(got, want)) if a != b)
-            gap = _gap(kind, p + want[:i])
-            assert q.temperature != 0 or gap < KNIFE, (
-                f"{kind}: output differs from the request alone at token {i} (top-2 gap "
-                f"{gap:.3g}): {got} vs {want}")
+            assert _on_a_knife_edge(kind, p, want[:i], q), (
+                f"{kind}: output differs from the request alone at token {i}, not on a "
+                f"knife edge: {got} vs {want}")
             event("knife edge")
     assert not eng.blocks.sequences
     eng.blocks.check_invariants()
@@ -193,16 +207,43 @@ def _plant_kv_slot_off_by_one(eng):
     kv.write = bad_write
 
 
-@pytest.mark.parametrize("plant", [_plant_decode_position_off_by_one,
-                                   _plant_kv_slot_off_by_one])
-def test_planted_engine_bugs_are_caught(plant):
+def _plant_batched_decode_misses_a_key(eng):
+    """Batched steps: a decode attends over its sequence less one key (the window of its
+    slots one short: the newest cached position is never read)."""
+    kv, plan = eng.kv, eng.kv.plan
+
+    def bad_plan(chunks):
+        plan(chunks)
+        kv._plan = [(q0, q1, every[:-2] if q1 - q0 == 1 and len(every) > 2 else every)
+                    for q0, q1, every in kv._plan]
+    kv.plan = bad_plan
+
+
+def _plant_batched_kv_slot_off_by_one(eng):
+    """Batched steps: the step's K/V written one slot past where they are read."""
+    kv, plan = eng.kv, eng.kv.plan
+
+    def bad_plan(chunks):
+        plan(chunks)
+        b = kv.block_size
+        kv.new_slots = kv.new_slots // b * b + (kv.new_slots % b + 1) % b
+    kv.plan = bad_plan
+
+
+@pytest.mark.parametrize("plant,batched", [
+    (_plant_decode_position_off_by_one, False), (_plant_kv_slot_off_by_one, False),
+    (_plant_batched_decode_misses_a_key, True), (_plant_batched_kv_slot_off_by_one, True)])
+def test_planted_engine_bugs_are_caught(plant, batched):
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5]]
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     want = [_alone("dense", p, params) for p in prompts]
-    eng = Engine(CONFIGS["dense"], PARAMS["dense"], block_size=4, max_num_seqs=2,
-                 max_tokens_per_step=4, max_model_len=64)
-    assert eng.generate(prompts, params) == want  # the real engine, same workload
-    bad = Engine(CONFIGS["dense"], PARAMS["dense"], block_size=4, max_num_seqs=2,
-                 max_tokens_per_step=4, max_model_len=64)
+
+    def engine():
+        return Engine(CONFIGS["dense"], PARAMS["dense"], block_size=4, max_num_seqs=2,
+                      max_tokens_per_step=4, max_model_len=64, batched=batched)
+    good = engine()
+    assert good.batched == batched
+    assert good.generate(prompts, params) == want  # the real engine, same workload
+    bad = engine()
     plant(bad)
     assert bad.generate(prompts, params) != want

@@ -380,15 +380,10 @@ def uniform(seed: int, index: int) -> float:
     return float(np.random.default_rng([seed, index]).random())
 
 
-def sample_one(logits, params: SamplingParams, prompt, output, u: float):
-    """(token, its logprob under the final distribution, top logprobs or None) for one row
-    of float64 logits, in the order: repetition penalty (HF/CTRL: positive logits of seen
-    tokens divided, negative multiplied; prompt and output), presence and frequency
-    penalties (OpenAI: minus presence for every output token seen, minus frequency times
-    its count), temperature (0: greedy, ties to the lowest id), top-k, top-p (the smallest
-    set, by descending probability and ascending id, whose mass reaches p: the token that
-    crosses p is kept), min-p (tokens below min_p times the largest probability dropped),
-    then the token ``min{j : u < cdf_j}`` over ids in ascending order."""
+def processed_logprobs(logits, params: SamplingParams, prompt, output) -> np.ndarray:
+    """(V,) float64 log-probabilities of the distribution a token is drawn from, after
+    every processing step of ``sample_one`` (dropped ids at -inf; greedy: 0 at the argmax,
+    ties to the lowest id, -inf elsewhere). Speculative decoding's p and q are these."""
     z = np.array(logits, np.float64)
     seen = np.zeros(z.shape, bool)
     seen[list(prompt) + list(output)] = True
@@ -399,9 +394,8 @@ def sample_one(logits, params: SamplingParams, prompt, output, u: float):
         counts = np.bincount(np.asarray(output, np.int64), minlength=z.size)[:z.size]
         z = z - params.presence_penalty * (counts > 0) - params.frequency_penalty * counts
     if params.temperature == 0:
-        tok = int(np.argmax(z))
         keep = np.zeros(z.shape, bool)
-        keep[tok] = True
+        keep[int(np.argmax(z))] = True
     else:
         z = z / params.temperature
         keep = np.ones(z.shape, bool)
@@ -418,14 +412,31 @@ def sample_one(logits, params: SamplingParams, prompt, output, u: float):
         if params.min_p > 0:
             keep &= p >= params.min_p * p.max()
     zk = np.where(keep, z, -np.inf)
-    logp = zk - zk.max() - np.log(np.sum(np.exp(zk - zk.max())))
-    if params.temperature != 0:
-        cdf = np.cumsum(np.exp(logp))
-        tok = int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), z.size - 1))
-        while not keep[tok]:  # a dropped id has zero mass: step to the next kept one
-            tok += 1
+    return zk - zk.max() - np.log(np.sum(np.exp(zk - zk.max())))
+
+
+def pick(logp: np.ndarray, u: float) -> int:
+    """The token ``min{j : u < cdf_j}`` over ids in ascending order (never a dropped id)."""
+    cdf = np.cumsum(np.exp(logp))
+    tok = int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), logp.size - 1))
+    while not np.isfinite(logp[tok]):  # a dropped id has zero mass: step to the next kept one
+        tok += 1
+    return tok
+
+
+def sample_one(logits, params: SamplingParams, prompt, output, u: float):
+    """(token, its logprob under the final distribution, top logprobs or None) for one row
+    of float64 logits, in the order: repetition penalty (HF/CTRL: positive logits of seen
+    tokens divided, negative multiplied; prompt and output), presence and frequency
+    penalties (OpenAI: minus presence for every output token seen, minus frequency times
+    its count), temperature (0: greedy, ties to the lowest id), top-k, top-p (the smallest
+    set, by descending probability and ascending id, whose mass reaches p: the token that
+    crosses p is kept), min-p (tokens below min_p times the largest probability dropped),
+    then the token ``min{j : u < cdf_j}`` over ids in ascending order."""
+    logp = processed_logprobs(logits, params, prompt, output)
+    tok = int(np.argmax(logp)) if params.temperature == 0 else pick(logp, u)
     top = None
     if params.logprobs:
-        best = np.lexsort((np.arange(z.size), -logp))[:params.logprobs]
+        best = np.lexsort((np.arange(logp.size), -logp))[:params.logprobs]
         top = {int(t): float(logp[t]) for t in best if np.isfinite(logp[t])}
     return tok, float(logp[tok]), top

@@ -18,10 +18,10 @@ a gamma+1-token forward, which the tests measure).
 Proposers: ``DraftModelProposer`` (any lmspec model with the target's vocabulary, sampled with
 the request's own processing), ``NgramProposer`` (prompt lookup: the latest earlier occurrence
 of the context's last n tokens, n from ``n_max`` down to ``n_min``, proposes what followed it;
-q is one-hot, a deterministic proposal). Uniforms are per request and output index
-(``default_rng([seed, start, stream, i])``, a step's start being the output length before it), so a run is reproducible; its tokens differ from
-non-speculative sampling with the same seed (another map from randomness to tokens, the same
-law).
+q is one-hot, a deterministic proposal). Uniforms are per request and step
+(``default_rng([seed, start, stream, i])``, a step's start being the output length before
+it), so a run is reproducible; its tokens differ from non-speculative sampling with the same
+seed (another map from randomness to tokens, the same law).
 
 Models with recurrent layers (lightning attention) are refused: their state has no rollback.
 """

@@ -84,6 +84,10 @@ def add_parser(sub) -> None:
     sp.add_argument("--temperature", type=float, default=0.8)
     sp.add_argument("--top-p", type=float, default=0.95)
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--speculative", metavar="SPEC",
+                    help="speculative decoding: 'ngram' (prompt lookup) or 'draft=DIR' (a "
+                         "smaller model with the same vocabulary), with ',gamma=N' drafts per "
+                         "step (default 4); prints the acceptance rate")
     sp.set_defaults(fn=cmd_generate)
 
 
@@ -110,7 +114,10 @@ def cmd_generate(args) -> int:
                                 top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise CliError(str(e)) from None
-    rid = engine.add_request(engine.tokenizer.encode_ordinary(args.prompt), params)
+    prompt = engine.tokenizer.encode_ordinary(args.prompt)
+    if args.speculative:
+        return _generate_speculative(args, engine, prompt, params)
+    rid = engine.add_request(prompt, params)
     sys.stdout.write(args.prompt)
     while engine.has_work():
         for o in engine.step():
@@ -118,4 +125,60 @@ def cmd_generate(args) -> int:
                 sys.stdout.write(o.text)
                 sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def parse_speculative(spec: str) -> tuple[str, dict]:
+    """'ngram[,gamma=N]' or 'draft=DIR[,gamma=N]' -> (kind, options)."""
+    from lmspec.conformance.cli import CliError
+
+    kind, opts = None, {"gamma": 4}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        key, _, value = part.partition("=")
+        if key == "ngram" and not value:
+            kind = "ngram"
+        elif key == "draft" and value:
+            kind, opts["draft"] = "draft", value
+        elif key == "gamma" and value.isdigit() and int(value) >= 1:
+            opts["gamma"] = int(value)
+        else:
+            raise CliError(f"--speculative: expected 'ngram' or 'draft=DIR', with ',gamma=N' "
+                           f"(N >= 1); got {part!r}")
+    if kind is None:
+        raise CliError(f"--speculative: expected 'ngram' or 'draft=DIR', got {spec!r}")
+    return kind, opts
+
+
+def _generate_speculative(args, engine, prompt, params) -> int:
+    from lmspec.conformance.cli import CliError
+    from lmspec.serve import speculative as SP
+    from lmspec.serve.engine import Engine
+
+    kind, opts = parse_speculative(args.speculative)
+
+    def runner(eng):
+        return SP.Runner(eng.config, {n: eng.b.to_numpy(a) for n, a in eng.p.items()},
+                         backend=args.backend, dtype=args.dtype)
+
+    try:
+        target = runner(engine)
+        if kind == "ngram":
+            proposer = SP.NgramProposer()
+        else:
+            path = Path(opts["draft"])
+            if not path.exists():
+                raise CliError(f"--speculative: no such draft folder {path}")
+            proposer = SP.DraftModelProposer(runner(Engine.from_path(
+                path, backend=args.backend, dtype=args.dtype)))
+        dec = SP.SpeculativeDecoder(target, proposer, gamma=opts["gamma"],
+                                    eos_id=engine.eos_id)
+        ids = dec.generate(prompt, params)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    text = engine.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
+    sys.stdout.write(args.prompt + text + "\n")
+    st = dec.stats
+    print(f"lmspec: speculative ({kind}, gamma {opts['gamma']}): {st['accepted']}/"
+          f"{st['proposed']} drafts accepted ({dec.acceptance_rate:.0%}), {len(ids)} tokens in "
+          f"{st['steps']} target steps", file=sys.stderr)
     return 0

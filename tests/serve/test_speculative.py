@@ -217,3 +217,37 @@ def test_planted_bug_fails_the_law_test(plant):
     factory, law = PLANTS[plant]
     res = _law_test(factory, LAWS[law])
     assert res.p_value < ALPHA, (plant, res)
+
+
+# ---------------------------------------------------------------- lmspec generate --speculative
+
+def test_parse_speculative():
+    from lmspec.conformance._serve_cli import parse_speculative
+    from lmspec.conformance.cli import CliError
+
+    assert parse_speculative("ngram") == ("ngram", {"gamma": 4})
+    assert parse_speculative("draft=/m, gamma=2") == ("draft", {"gamma": 2, "draft": "/m"})
+    for bad in ("", "gamma=3", "ngram,gamma=0", "draft=", "beam"):
+        with pytest.raises(CliError, match="--speculative"):
+            parse_speculative(bad)
+
+
+def test_generate_speculative_end_to_end(tmp_path, capsys):
+    """A 2-step run, then lmspec generate with each proposer (the run as its own draft)."""
+    pytest.importorskip("torch")
+    from lmspec.conformance.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--warmup", "1", "--out", str(run), "--no-progress",
+                 "--corpus-bytes", "300000", "--valid-every", "4", "--batch-size", "2",
+                 "--seq-len", "32"]) == 0
+    for spec in ("ngram,gamma=3", f"draft={run}"):
+        capsys.readouterr()
+        assert main(["generate", "def f(x):", "--model", str(run), "--speculative", spec,
+                     "--max-tokens", "12", "--temperature", "0"]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("def f(x):") and "drafts accepted" in err
+    assert "drafts accepted (100%)" in err  # the run as its own draft, greedy
+    assert main(["generate", "x", "--model", str(run), "--speculative", "beam"]) == 2
+    assert main(["generate", "x", "--model", str(tmp_path / "none"),
+                 "--speculative", "ngram"]) == 2

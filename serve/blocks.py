@@ -75,6 +75,13 @@ Decisions
 - **Eviction**: a fresh block comes from the free list; only when it is empty is the LRU
   evictable block evicted (its cache entry dropped). Hits are taken before fresh blocks, so an
   allocation never evicts a block it hits. A hit on an evictable block moves it to referenced.
+- **Provisional tokens** (speculative decoding): ``append(seq, toks, provisional=k)`` marks
+  the last k tokens as drafts that the step may reject. A block is hashed and registered only
+  when it is full of settled tokens, so a draft never enters the prefix cache and no other
+  sequence can hit a block that holds one. ``settle(seq, n)`` keeps the first n tokens (every
+  settled token and the accepted drafts), releases the blocks past them (fresh, unhashed
+  blocks: they go to the free list) and registers the blocks that the accepted drafts filled.
+  A sequence with provisional tokens cannot be forked.
 - Every operation checks first and then changes state: an ``OutOfBlocksError`` (or a misuse
   error) leaves the state unchanged.
 
@@ -178,6 +185,7 @@ class BlockManager:
         self._tokens: dict[Hashable, list[int]] = {}
         self._hashes: dict[Hashable, list[Hashable]] = {}  # chain hashes of full blocks
         self._computed: dict[Hashable, int] = {}
+        self._provisional: dict[Hashable, int] = {}  # trailing draft tokens, not hashed
         self._freed: set[Hashable] = set()
         self._num_cache_hits = 0
         self._num_hash_collisions = 0
@@ -272,7 +280,7 @@ class BlockManager:
             "refcount": list(self._ref),
             "tables": {s: list(t) for s, t in self._tables.items()},
             "tokens": {s: list(t) for s, t in self._tokens.items()},
-            "computed": dict(self._computed),
+            "computed": dict(self._computed), "provisional": dict(self._provisional),
             "cached": {b: (self._hash_of[b], self._prefix_of[b]) for b in self._hash_of},
             "hits": self._num_cache_hits, "collisions": self._num_hash_collisions,
         }
@@ -324,43 +332,83 @@ class BlockManager:
             self._register(table[i], hashes[i], toks[:(i + 1) * self._block_size])
         self._tables[seq_id], self._tokens[seq_id] = table, list(toks)
         self._hashes[seq_id] = hashes
+        self._provisional[seq_id] = 0
         self._computed[seq_id] = len(hits) * self._block_size
         self._freed.discard(seq_id)
         self._num_cache_hits += len(hits)
         self._num_hash_collisions += collided
         return self._computed[seq_id]
 
-    def append(self, seq_id: Hashable, tokens) -> list[tuple[int, int]]:
+    def append(self, seq_id: Hashable, tokens, *, provisional: int = 0
+               ) -> list[tuple[int, int]]:
         """Tokens appended to a sequence (decode, or a prefill chunk); returns the copy-on-write
-        copies ``[(src, dst)]`` (at most one) the engine must do before writing the slots."""
+        copies ``[(src, dst)]`` (at most one) the engine must do before writing the slots.
+        ``provisional``: the last so many of ``tokens`` are drafts (see ``settle``)."""
         self._table("seq_id", seq_id)
         toks = _token_ids("tokens", tokens, allow_empty=True)
+        if isinstance(provisional, bool) or not isinstance(provisional, int | np.integer) \
+                or not 0 <= provisional <= len(toks):
+            raise ValueError(f"provisional: expected an integer in [0, {len(toks)}], got "
+                             f"{provisional!r}")
+        if self._provisional[seq_id]:
+            raise ValueError(f"seq_id: {seq_id!r} holds {self._provisional[seq_id]} "
+                             f"provisional tokens: settle them before appending")
         if not toks:
             return []
         self._ensure_available(self.blocks_needed_to_append(seq_id, len(toks)),
                                f"append {len(toks)} tokens to {seq_id!r}")
         copies = self._make_last_block_writable(seq_id)
-        seq, table, hashes = self._tokens[seq_id], self._tables[seq_id], self._hashes[seq_id]
+        seq, table = self._tokens[seq_id], self._tables[seq_id]
         b = self._block_size
-        old = len(seq)
         seq.extend(toks)
         while len(table) < _cdiv(len(seq), b):
             table.append(self._take_fresh())
-        for i in range(old // b, len(seq) // b):  # the blocks this append filled
+        self._provisional[seq_id] = int(provisional)
+        self._hash_settled(seq_id)
+        return copies
+
+    def settle(self, seq_id: Hashable, num_tokens: int) -> None:
+        """Keep the sequence's first ``num_tokens`` tokens: all of its settled ones and the
+        accepted drafts; the rejected drafts' blocks are released, tail first."""
+        table = self._table("seq_id", seq_id)
+        seq, b = self._tokens[seq_id], self._block_size
+        lo = len(seq) - self._provisional[seq_id]
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) \
+                or not lo <= num_tokens <= len(seq):
+            raise ValueError(f"num_tokens: expected an integer in [{lo}, {len(seq)}] (the "
+                             f"settled tokens up to all drafts), got {num_tokens!r}")
+        del seq[num_tokens:]
+        while len(table) > _cdiv(len(seq), b):
+            self._release(table.pop())
+        self._provisional[seq_id] = 0
+        self._hash_settled(seq_id)
+
+    def num_provisional_tokens(self, seq_id: Hashable) -> int:
+        self._table("seq_id", seq_id)
+        return self._provisional[seq_id]
+
+    def _hash_settled(self, seq_id: Hashable) -> None:
+        """Hash and register the blocks full of settled tokens that have no hash yet."""
+        seq, table, hashes = self._tokens[seq_id], self._tables[seq_id], self._hashes[seq_id]
+        b = self._block_size
+        for i in range(len(hashes), (len(seq) - self._provisional[seq_id]) // b):
             hashes.append(self._hash_fn(hashes[-1] if hashes else None,
                                         tuple(seq[i * b:(i + 1) * b])))
             self._register(table[i], hashes[i], tuple(seq[:(i + 1) * b]))
-        return copies
 
     def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
         """A child sharing every block of the parent (no block is taken)."""
         parent = self._table("parent_id", parent_id)
         self._check_new("child_id", child_id)
+        if self._provisional[parent_id]:
+            raise ValueError(f"parent_id: {parent_id!r} holds provisional tokens: settle "
+                             f"them before forking")
         for blk in parent:
             self._ref[blk] += 1
         self._tables[child_id] = list(parent)
         self._tokens[child_id] = list(self._tokens[parent_id])
         self._hashes[child_id] = list(self._hashes[parent_id])
+        self._provisional[child_id] = 0
         self._computed[child_id] = len(self._tokens[parent_id])
         self._freed.discard(child_id)
 
@@ -369,7 +417,7 @@ class BlockManager:
         table = self._table("seq_id", seq_id)
         for blk in reversed(table):
             self._release(blk)
-        for d in (self._tables, self._tokens, self._hashes, self._computed):
+        for d in (self._tables, self._tokens, self._hashes, self._computed, self._provisional):
             del d[seq_id]
         self._freed.add(seq_id)
 
@@ -491,7 +539,9 @@ class BlockManager:
             toks = self._tokens[s]
             need(len(table) == _cdiv(len(toks), b) and len(set(table)) == len(table),
                  f"sequence {s!r}: table {table} for {len(toks)} tokens")
-            need(len(self._hashes[s]) == len(toks) // b, f"sequence {s!r}: hash chain length")
+            prov = self._provisional[s]
+            need(0 <= prov <= len(toks) and len(self._hashes[s]) == (len(toks) - prov) // b,
+                 f"sequence {s!r}: hash chain length")
             need(0 <= self._computed[s] <= len(toks), f"sequence {s!r}: num_computed_tokens")
             for i, blk in enumerate(table):
                 here = (i, min(b, len(toks) - i * b))

@@ -80,8 +80,38 @@ class EvictMostRecent(BlockManager):
         return block
 
 
+class DraftsHashed(BlockManager):
+    """Speculative decoding: blocks filled by draft tokens are hashed and cached at once (a
+    rejected draft enters the prefix cache)."""
+
+    def _hash_settled(self, seq_id):
+        prov, self._provisional[seq_id] = self._provisional[seq_id], 0
+        try:
+            super()._hash_settled(seq_id)
+        finally:
+            self._provisional[seq_id] = prov
+
+    def settle(self, seq_id, num_tokens):
+        self._hashes[seq_id] = self._hashes[seq_id][:num_tokens // self._block_size]
+        super().settle(seq_id, num_tokens)
+
+
+class SettleKeepsRejectedBlocks(BlockManager):
+    """Speculative decoding: settle shortens the token list but keeps the rejected drafts'
+    blocks in the table (they leak until the sequence is freed)."""
+
+    def settle(self, seq_id, num_tokens):
+        table = list(self._tables[seq_id])
+        super().settle(seq_id, num_tokens)
+        for blk in table[len(self._tables[seq_id]):]:
+            self._free.remove(blk)
+            self._ref[blk] = 1
+        self._tables[seq_id][:] = table
+
+
 MUTANTS: dict[str, type[BlockManager]] = {
     cls.__name__: cls for cls in (SlotOffsetOffByOne, HashOnlyMatch, BlockTokensOnlyMatch,
                                   FreeWithoutDecrement, ReleaseWhileShared, NoCopyOnWrite,
-                                  EvictReferenced, EvictMostRecent)
+                                  EvictReferenced, EvictMostRecent, DraftsHashed,
+                                  SettleKeepsRejectedBlocks)
 }

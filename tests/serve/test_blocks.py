@@ -78,6 +78,8 @@ GROUPS = ("accounting", "shadow", "transitions")
 # every sequence reads back its own prefix, cached blocks hold their prefix's KV);
 # transitions = each operation's expected result (hits, copies, counts, slot formula, errors).
 CATCHES = {
+    "DraftsHashed": ("transitions",),
+    "SettleKeepsRejectedBlocks": ("accounting", "transitions"),
     "SlotOffsetOffByOne": ("shadow", "transitions"),
     "HashOnlyMatch": ("shadow", "transitions"),
     "BlockTokensOnlyMatch": ("shadow", "transitions"),
@@ -250,6 +252,40 @@ def machine_for(cls: type[BlockManager], *, checks=GROUPS, manager_checks: bool 
                         self.kv[(dst, off)] = self.kv[(src, off)]
             self._check_taken(before, table[keep:], [])
             self._write(sid, range(old, old + k))
+
+        @precondition(lambda self: self.seqs)
+        @rule(data=st.data(), k=st.integers(1, 5))
+        def speculate(self, data, k):
+            """A verify chunk (one settled token and k drafts), then settle n of the drafts."""
+            m, B = self.m, self.B
+            sid = self._pick(data, sorted(self.seqs))
+            toks = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=k + 1,
+                                      max_size=k + 1))
+            n = data.draw(st.integers(0, k))
+            old = len(self.seqs[sid])
+            if old + k + 1 > MAX_LEN or not m.can_append(sid, k + 1):
+                return
+            cached = set(m.cached_blocks)
+            copies = m.append(sid, toks, provisional=k)
+            for src, dst in copies:
+                for off in range(B):
+                    if (src, off) in self.kv:
+                        self.kv[(dst, off)] = self.kv[(src, off)]
+            self.seqs[sid].extend(toks)
+            self._write(sid, range(old, old + k + 1))
+            if "transitions" in on:
+                assert m.num_provisional_tokens(sid) == k
+                new = set(m.cached_blocks) - cached
+                assert all(len(m.cached_prefix(b)) <= old + 1 for b in new), (
+                    "a block holding a draft was cached")
+            free = list(m.free_blocks)
+            table = list(m.block_table(sid))
+            m.settle(sid, old + 1 + n)
+            del self.seqs[sid][old + 1 + n:]
+            if "accounting" in on:
+                released = table[_cdiv(old + 1 + n, B):]
+                assert sorted(m.free_blocks) == sorted(free + released), (
+                    f"settle released {released}: free list {m.free_blocks}")
 
         @precondition(lambda self: self.seqs)
         @rule(data=st.data())
@@ -519,9 +555,37 @@ def caching_off(cls):
     m.check_invariants()
 
 
+def speculative_drafts(cls):
+    # B = 2. a: prompt 1 2 3 (blocks 0, 1; block 0 cached). A verify chunk: settled token 4
+    # and drafts 5 6 7 -> tokens 1..7 in blocks 0, 1, 2, 3; only block 1 (3 4, settled) is
+    # cached. b with prompt 1 2 3 4 5 6 9 hits blocks 0 and 1 only: block 2 holds drafts.
+    # Settling one draft (5) keeps 1..5 in blocks 0, 1, 2, releases 3 to the free list, and
+    # leaves block 2 (5 and a stale slot) uncached until it fills with settled tokens.
+    m = cls(8, 2)
+    m.allocate("a", [1, 2, 3])
+    assert m.append("a", [4, 5, 6, 7], provisional=3) == []
+    assert m.block_table("a") == (0, 1, 2, 3) and m.num_provisional_tokens("a") == 3
+    assert sorted(m.cached_blocks) == [0, 1]
+    with pytest.raises(ValueError, match="provisional"):
+        m.append("a", [8])
+    with pytest.raises(ValueError, match="provisional"):
+        m.fork("a", "c")
+    assert m.allocate("b", [1, 2, 3, 4, 5, 6, 9]) == 4
+    assert m.block_table("b") == (0, 1, 4, 5)
+    with pytest.raises(ValueError, match="num_tokens"):
+        m.settle("a", 3)  # below the settled tokens
+    m.settle("a", 5)
+    assert m.tokens("a") == (1, 2, 3, 4, 5) and m.block_table("a") == (0, 1, 2)
+    assert m.free_blocks == (6, 7, 3) and sorted(m.cached_blocks) == [0, 1, 4]
+    m.append("a", [8])
+    assert sorted(m.cached_blocks) == [0, 1, 2, 4] and m.cached_prefix(2) == (1, 2, 3, 4, 5, 8)
+    m.check_invariants()
+
+
 SCENARIOS = {f.__name__: f for f in (shared_prefix, forced_collision, deep_collision,
                                      full_hit_recomputes_last_block, fork_and_copy_on_write,
-                                     lru_eviction, out_of_blocks, caching_off)}
+                                     lru_eviction, out_of_blocks, caching_off,
+                                     speculative_drafts)}
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -47,10 +47,35 @@ def _engine(args):
         from lmspec.conformance.cli import CliError
 
         raise CliError(f"--model: no such folder {path}")
-    return Engine.from_path(path, backend=args.backend, dtype=args.dtype,
-                            block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                            max_tokens_per_step=args.max_tokens_per_step,
-                            max_model_len=args.max_model_len), path
+    proposer, gamma = _proposer(args) if args.speculative else (None, 4)
+    try:
+        return Engine.from_path(path, backend=args.backend, dtype=args.dtype,
+                                block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                                max_tokens_per_step=args.max_tokens_per_step,
+                                max_model_len=args.max_model_len, proposer=proposer,
+                                gamma=gamma), path
+    except ValueError as e:
+        from lmspec.conformance.cli import CliError
+
+        raise CliError(str(e)) from None
+
+
+def _proposer(args):
+    """--speculative's proposer and gamma."""
+    from lmspec.conformance.cli import CliError
+    from lmspec.serve import speculative as SP
+    from lmspec.serve.engine import Engine
+
+    kind, opts = parse_speculative(args.speculative)
+    if kind == "ngram":
+        return SP.NgramProposer(), opts["gamma"]
+    path = Path(opts["draft"])
+    if not path.exists():
+        raise CliError(f"--speculative: no such draft folder {path}")
+    d = Engine.from_path(path, backend=args.backend, dtype=args.dtype)
+    runner = SP.Runner(d.config, {n: d.b.to_numpy(a) for n, a in d.p.items()},
+                       backend=args.backend, dtype=args.dtype)
+    return SP.DraftModelProposer(runner), opts["gamma"]
 
 
 def add_parser(sub) -> None:
@@ -67,6 +92,10 @@ def add_parser(sub) -> None:
                         help="token budget per step, prefill chunks included (256)")
         sp.add_argument("--max-model-len", type=int, default=1024,
                         help="prompt + output tokens per request (1024)")
+        sp.add_argument("--speculative", metavar="SPEC",
+                        help="speculative decoding: 'ngram' (prompt lookup) or 'draft=DIR' "
+                             "(a smaller model with the same vocabulary), with ',gamma=N' "
+                             "drafts per step (default 4)")
 
     sp = sub.add_parser("serve", help="an OpenAI-compatible server (completions, chat, "
                                       "streaming) on the engine")
@@ -84,10 +113,6 @@ def add_parser(sub) -> None:
     sp.add_argument("--temperature", type=float, default=0.8)
     sp.add_argument("--top-p", type=float, default=0.95)
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--speculative", metavar="SPEC",
-                    help="speculative decoding: 'ngram' (prompt lookup) or 'draft=DIR' (a "
-                         "smaller model with the same vocabulary), with ',gamma=N' drafts per "
-                         "step (default 4); prints the acceptance rate")
     sp.set_defaults(fn=cmd_generate)
 
 
@@ -114,10 +139,7 @@ def cmd_generate(args) -> int:
                                 top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise CliError(str(e)) from None
-    prompt = engine.tokenizer.encode_ordinary(args.prompt)
-    if args.speculative:
-        return _generate_speculative(args, engine, prompt, params)
-    rid = engine.add_request(prompt, params)
+    rid = engine.add_request(engine.tokenizer.encode_ordinary(args.prompt), params)
     sys.stdout.write(args.prompt)
     while engine.has_work():
         for o in engine.step():
@@ -125,6 +147,13 @@ def cmd_generate(args) -> int:
                 sys.stdout.write(o.text)
                 sys.stdout.flush()
     sys.stdout.write("\n")
+    st = engine.stats
+    if engine.proposer is not None:
+        rate = st["drafts_accepted"] / max(st["drafts_proposed"], 1)
+        print(f"lmspec: speculative ({args.speculative}): {st['drafts_accepted']}/"
+              f"{st['drafts_proposed']} drafts accepted ({rate:.0%}), "
+              f"{len(engine.scheduler.seqs[rid].output)} tokens in {st['steps']} steps",
+              file=sys.stderr)
     return 0
 
 
@@ -147,38 +176,3 @@ def parse_speculative(spec: str) -> tuple[str, dict]:
     if kind is None:
         raise CliError(f"--speculative: expected 'ngram' or 'draft=DIR', got {spec!r}")
     return kind, opts
-
-
-def _generate_speculative(args, engine, prompt, params) -> int:
-    from lmspec.conformance.cli import CliError
-    from lmspec.serve import speculative as SP
-    from lmspec.serve.engine import Engine
-
-    kind, opts = parse_speculative(args.speculative)
-
-    def runner(eng):
-        return SP.Runner(eng.config, {n: eng.b.to_numpy(a) for n, a in eng.p.items()},
-                         backend=args.backend, dtype=args.dtype)
-
-    try:
-        target = runner(engine)
-        if kind == "ngram":
-            proposer = SP.NgramProposer()
-        else:
-            path = Path(opts["draft"])
-            if not path.exists():
-                raise CliError(f"--speculative: no such draft folder {path}")
-            proposer = SP.DraftModelProposer(runner(Engine.from_path(
-                path, backend=args.backend, dtype=args.dtype)))
-        dec = SP.SpeculativeDecoder(target, proposer, gamma=opts["gamma"],
-                                    eos_id=engine.eos_id)
-        ids = dec.generate(prompt, params)
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    text = engine.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
-    sys.stdout.write(args.prompt + text + "\n")
-    st = dec.stats
-    print(f"lmspec: speculative ({kind}, gamma {opts['gamma']}): {st['accepted']}/"
-          f"{st['proposed']} drafts accepted ({dec.acceptance_rate:.0%}), {len(ids)} tokens in "
-          f"{st['steps']} target steps", file=sys.stderr)
-    return 0

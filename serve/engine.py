@@ -107,6 +107,7 @@ class _Req:
     text: list[str] = field(default_factory=list)
     t_arrival: float = 0.0
     t_first: float | None = None
+    logq: np.ndarray | None = None  # the drafts' proposal law (speculative decoding)
 
 
 class Engine:
@@ -114,7 +115,8 @@ class Engine:
                  dtype: str = "float32", block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 16, max_tokens_per_step: int = 256,
                  max_model_len: int | None = None, prefix_caching: bool = True,
-                 tokenizer=None, eos_id: int | None = None, batched: bool = True):
+                 tokenizer=None, eos_id: int | None = None, batched: bool = True,
+                 proposer=None, gamma: int = 4):
         self.config, self.dtype = config, dtype
         self.b = backends.load(backend)
         if not self.b.has("model"):
@@ -124,6 +126,14 @@ class Engine:
         if num_blocks is None:  # enough for max_num_seqs sequences of max_model_len
             num_blocks = max_num_seqs * -(-self.max_model_len // block_size)
         recurrent = has_recurrent_state(config)
+        if proposer is not None:
+            if recurrent:
+                raise ValueError("proposer: speculative decoding needs caches that roll back; "
+                                 "lightning (recurrent) layers have none")
+            if not (isinstance(gamma, int) and gamma >= 1):
+                raise ValueError(f"gamma: expected an integer >= 1, got {gamma!r}")
+        self.proposer, self.gamma = proposer, gamma
+        self._draft_runners: dict = {}
         self.blocks = BlockManager(num_blocks, block_size,
                                    prefix_caching=prefix_caching and not recurrent)
         # batched steps (every chunk of a step in one forward) where the backend has them
@@ -142,7 +152,8 @@ class Engine:
         self.reqs: dict[Hashable, _Req] = {}
         self._ids = itertools.count()
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0,
-                      "cached_tokens": 0, "preemptions": 0}
+                      "cached_tokens": 0, "preemptions": 0, "drafts_proposed": 0,
+                      "drafts_accepted": 0}
 
     # ------------------------------------------------------------------ construction
 
@@ -205,13 +216,37 @@ class Engine:
         if request_id in self.reqs:
             self.scheduler.abort(request_id)
             self.kv.drop(request_id)
+            self._draft_runners.pop(request_id, None)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
     # ------------------------------------------------------------------ one step
 
+    def _propose(self) -> None:
+        """Drafts for every running sequence that decodes next (speculative decoding)."""
+        from lmspec.serve import speculative as SP
+
+        for rid in self.scheduler.running:
+            s, r = self.scheduler.seqs[rid], self.reqs[rid]
+            s.drafts, r.logq = [], None
+            room = min(self.gamma, s.max_tokens - len(s.output) - 1,
+                       self.max_model_len - s.num_tokens - 1)
+            if s.num_computed != s.num_tokens - 1 or room < 1:
+                continue
+            prop = self.proposer
+            kw = {}
+            if isinstance(prop, SP.DraftModelProposer):
+                if rid not in self._draft_runners:
+                    self._draft_runners[rid] = SP.DraftModelProposer(prop.runner.fork())
+                prop, kw = self._draft_runners[rid], {"seed": r.seed}
+            p = prop.propose(s.tokens, room, r.params, len(s.prompt), self.config.vocab_size,
+                             **kw)
+            s.drafts, r.logq = list(p.tokens[:room]), p.logq[:room]
+
     def step(self) -> list[Output]:
+        if self.proposer is not None:
+            self._propose()
         d = self.scheduler.schedule()
         self.stats["steps"] += 1
         self.stats["preemptions"] += len(d.preempted)
@@ -237,7 +272,8 @@ class Engine:
             key = "prefill_tokens" if c.is_prefill else "decode_tokens"
             self.stats[key] += len(c.tokens)
             if c.samples:
-                last_logits[c.seq_id] = np.asarray(self.b.to_numpy(logits), np.float64)[0, -1]
+                last_logits[c.seq_id] = np.asarray(self.b.to_numpy(logits),
+                                                   np.float64)[0, -1 - c.num_drafts:]
         return self._sample(last_logits)
 
     def _batched_forward(self, chunks) -> dict[Hashable, np.ndarray]:
@@ -256,39 +292,77 @@ class Engine:
             key = "prefill_tokens" if c.is_prefill else "decode_tokens"
             self.stats[key] += len(c.tokens)
             if c.samples:
-                rows.append(end - 1)
-                ids.append(c.seq_id)
+                rows.extend(range(end - 1 - c.num_drafts, end))
+                ids.append((c.seq_id, c.num_drafts + 1))
         layers = [self.kv.layer(i) for i in range(self.config.n_layers)]
         logits = self.b.fn("model_packed")(self.p, self.b.asarray(tokens, None),
                                            self.b.asarray(positions, None), layers,
                                            config=self.config, logits_at=rows)
         out = np.asarray(self.b.to_numpy(logits), np.float64)
-        return {sid: out[j] for j, sid in enumerate(ids)}
+        res, j = {}, 0
+        for sid, m in ids:
+            res[sid], j = out[j:j + m], j + m
+        return res
+
+    def _verify(self, rid, logits: np.ndarray) -> list[tuple[int, float, dict | None]]:
+        """Speculative decoding: the accepted drafts and the token after them, each with its
+        logprob (and top logprobs) under the target's processed distribution."""
+        from lmspec.reference.rejection_sample import rejection_sample
+        from lmspec.serve import speculative as SP
+
+        r, s = self.reqs[rid], self.scheduler.seqs[rid]
+        d = s.drafts[:s.in_flight]
+        logp = SP.SpeculativeDecoder.target_logprobs(logits, r.params, s.prompt, s.output, d)
+        k, g = len(s.output), len(d)
+        u = np.array([[SP.stream_uniform(r.seed, k, SP.ACCEPT, i) for i in range(g)]])
+        rr = np.array([SP.stream_uniform(r.seed, k, SP.RESAMPLE)])
+        n, toks = rejection_sample(np.array([d], np.int64), np.exp(r.logq[:g])[None],
+                                   np.exp(logp)[None], u, rr)
+        n = int(n[0])
+        self.stats["drafts_proposed"] += g
+        self.stats["drafts_accepted"] += n
+        out = []
+        for i, t in enumerate(int(x) for x in toks[0, :n + 1]):
+            top = None
+            if r.params.logprobs:
+                best = np.lexsort((np.arange(logp.shape[1]), -logp[i]))[:r.params.logprobs]
+                top = {int(b): float(logp[i, b]) for b in best if np.isfinite(logp[i, b])}
+            out.append((t, float(logp[i, t]), top))
+        return out
 
     def _sample(self, rows: dict[Hashable, np.ndarray]) -> list[Output]:
         outs, sampled, stop = [], {}, {}
         for rid, logits in rows.items():
             r, s = self.reqs[rid], self.scheduler.seqs[rid]
-            tok, lp, top = sample_one(logits, r.params, s.prompt, s.output,
-                                      uniform(r.seed, len(s.output)))
-            sampled[rid] = tok
+            if s.in_flight:
+                picks = self._verify(rid, logits)
+            else:
+                picks = [sample_one(logits[-1], r.params, s.prompt, s.output,
+                                    uniform(r.seed, len(s.output)))]
             if r.t_first is None:
                 r.t_first = time.perf_counter()
-            text, reason = "", None
-            if tok in r.params.stop_token_ids or (tok == self.eos_id and not
-                                                  r.params.ignore_eos):
-                reason = "stop"
-            elif r.detok is not None:
-                text, hit = r.detok.push(tok)
-                reason = "stop" if hit else None
-            if reason:
-                stop[rid] = reason
-            outs.append(Output(rid, tok, text, False, None, lp, top))
+            kept = []
+            for tok, lp, top in picks:
+                kept.append(tok)
+                text, reason = "", None
+                if tok in r.params.stop_token_ids or (tok == self.eos_id and not
+                                                      r.params.ignore_eos):
+                    reason = "stop"
+                elif r.detok is not None:
+                    text, hit = r.detok.push(tok)
+                    reason = "stop" if hit else None
+                outs.append(Output(rid, tok, text, False, None, lp, top))
+                if reason:
+                    stop[rid] = reason
+                    break
+            sampled[rid] = kept
         done = {s.seq_id: s for s in self.scheduler.update(sampled, stop)}
+        last = {o.request_id: o for o in outs}
         for o in outs:
             s = done.get(o.request_id)
-            if s is not None:
+            if s is not None and o is last[o.request_id]:
                 o.finished, o.finish_reason = True, s.finish_reason
+                self._draft_runners.pop(o.request_id, None)
                 r = self.reqs[o.request_id]
                 if r.detok is not None and s.finish_reason == "length":
                     o.text += r.detok.flush()

@@ -19,7 +19,12 @@ sequences and at most ``max_tokens`` new tokens (prefill and decode together):
    request can be overtaken forever: no starvation).
 
 A chunk that reaches the end of a sequence's known tokens produces the next token
-(``Chunk.samples``). The scheduler's own state (waiting, running, computed counts) changes
+(``Chunk.samples``). Speculative decoding: a decoding sequence's ``drafts`` (set by the engine
+before ``schedule``) ride in its decode chunk after its last token, as provisional tokens of
+the block manager (never cached), within the token budget; ``update`` then takes the accepted
+drafts and the token drawn after them, and settles the blocks to them.
+
+The scheduler's own state (waiting, running, computed counts) changes
 only through ``schedule``, ``update`` (the sampled tokens of a step) and ``abort``.
 """
 
@@ -49,6 +54,8 @@ class SeqState:
     status: str = WAITING
     num_preemptions: int = 0
     finish_reason: str | None = None
+    drafts: list[int] = field(default_factory=list)  # proposed for the next decode chunk
+    in_flight: int = 0  # drafts in the chunk of the step being run
 
     @property
     def tokens(self) -> list[int]:
@@ -68,10 +75,11 @@ class Chunk:
     start: int
     tokens: tuple[int, ...]
     samples: bool
+    num_drafts: int = 0  # the last so many tokens are drafts to verify
 
     @property
     def is_prefill(self) -> bool:
-        return not (len(self.tokens) == 1 and self.samples and self.start > 0)
+        return not (len(self.tokens) - self.num_drafts == 1 and self.samples and self.start > 0)
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,9 @@ class Scheduler:
                 continue  # preempted meanwhile, or no budget left this step
             s = self.seqs[seq_id]
             toks = s.tokens[s.num_computed:s.num_computed + budget]
+            decoding = s.num_computed == s.num_tokens - 1
+            drafts = list(s.drafts[:budget - 1]) if decoding else []
+            toks = toks + drafts
             while not self.blocks.can_append(seq_id, len(toks)):
                 victim = next((v for v in reversed(self.running) if v not in scheduled), None)
                 self._preempt(self.seqs[victim])
@@ -152,10 +163,12 @@ class Scheduler:
                     break
             if seq_id not in self.running:
                 continue
-            copies += self.blocks.append(seq_id, toks)
+            copies += self.blocks.append(seq_id, toks, provisional=len(drafts))
             chunks.append(Chunk(seq_id, s.num_computed, tuple(toks),
-                                s.num_computed + len(toks) == s.num_tokens))
-            s.num_computed += len(toks)
+                                s.num_computed + len(toks) - len(drafts) == s.num_tokens,
+                                len(drafts)))
+            s.num_computed += len(toks) - len(drafts)
+            s.in_flight = len(drafts)
             budget -= len(toks)
             scheduled.add(seq_id)
         admitted, cached = [], {}
@@ -175,18 +188,28 @@ class Scheduler:
             cached[s.seq_id] = hit
         return Decision(tuple(chunks), tuple(preempted), tuple(admitted), tuple(copies), cached)
 
-    def update(self, sampled: dict[Hashable, int], stop: dict[Hashable, str] | None = None
-               ) -> list[SeqState]:
-        """The tokens sampled in a step (for the chunks that sample); ``stop`` names requests
-        the engine ends after this token (a stop id or string: their finish reasons). Returns
-        the sequences that finished."""
+    def update(self, sampled: dict[Hashable, int | Sequence[int]],
+               stop: dict[Hashable, str] | None = None) -> list[SeqState]:
+        """The tokens sampled in a step (for the chunks that sample): one token, or for a
+        chunk with drafts the accepted drafts and the token after them; ``stop`` names
+        requests the engine ends after these tokens (a stop id or string: their finish
+        reasons). Returns the sequences that finished."""
         stop = stop or {}
         done = []
         for seq_id, tok in sampled.items():
             s = self.seqs[seq_id]
             if s.status != RUNNING:
                 raise ValueError(f"sampled: {seq_id!r} is not running ({s.status})")
-            s.output.append(int(tok))
+            new = [int(t) for t in tok] if isinstance(tok, list | tuple) else [int(tok)]
+            accepted, k = len(new) - 1, s.in_flight
+            if not 0 <= accepted <= k or new[:accepted] != s.drafts[:accepted]:
+                raise ValueError(f"sampled: {seq_id!r} expected its accepted drafts (of "
+                                 f"{s.drafts[:k]}) and one more token, got {new}")
+            if k:
+                self.blocks.settle(seq_id, s.num_tokens + accepted)
+                s.num_computed += accepted
+            s.in_flight, s.drafts = 0, []
+            s.output.extend(new)
             reason = stop.get(seq_id) or ("length" if len(s.output) >= s.max_tokens else None)
             if reason:
                 self._finish(s, reason)
@@ -199,6 +222,7 @@ class Scheduler:
         self.blocks.free(s.seq_id)
         self.running.remove(s.seq_id)
         s.num_computed, s.status = 0, WAITING
+        s.drafts, s.in_flight = [], 0
         s.num_preemptions += 1
         # back to the waiting queue, ahead of every later arrival (FCFS by arrival)
         pos = sum(1 for w in self.waiting if self.seqs[w].arrival < s.arrival)

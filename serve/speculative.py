@@ -67,6 +67,13 @@ class Runner:
         self.caches = None
         self.calls = 0
 
+    def fork(self) -> Runner:
+        """Another runner of the same model (the same parameter arrays), with its own cache."""
+        other = object.__new__(Runner)
+        other.config, other.dtype, other.b, other.p = self.config, self.dtype, self.b, self.p
+        other.fed, other.caches, other.calls = [], None, 0
+        return other
+
     def logits(self, tokens: Sequence[int], need: int) -> np.ndarray:
         """(need, V) float64: the logits after each of the last ``need`` tokens of the
         sequence ``tokens``."""

@@ -126,25 +126,35 @@ LAWS = {"top_p": SamplingParams(temperature=0.8, top_p=0.7, max_tokens=2),
 PROMPT = [1, 4, 2]
 
 
-def _exact_law(params) -> np.ndarray:
-    """(V, V): the target's probability of each first two output tokens, by enumeration."""
+def _exact_law(params, lead: int = 0) -> np.ndarray:
+    """(V, V): the target's probability of output tokens lead and lead + 1 (lead tokens
+    before them summed out), by enumeration."""
     t = _runner("dense")
-    p0 = np.exp(processed_logprobs(t.logits(PROMPT, 1)[0], params, PROMPT, []))
-    law = np.zeros((6, 6))
-    for a in range(6):
-        if p0[a] > 0:
-            law[a] = p0[a] * np.exp(processed_logprobs(t.logits(PROMPT + [a], 1)[0], params,
-                                                       PROMPT, [a]))
-    return law
+
+    def dist(out):
+        return np.exp(processed_logprobs(t.logits(PROMPT + out, 1)[0], params, PROMPT, out))
+
+    def law(out, weight):
+        if len(out) < lead:
+            p = dist(out)
+            return sum(law(out + [a], weight * p[a]) for a in range(6) if p[a] > 0)
+        p0, m = dist(out), np.zeros((6, 6))
+        for a in range(6):
+            if p0[a] > 0:
+                m[a] = p0[a] * dist(out + [a])
+        return weight * m
+
+    return law([], 1.0)
 
 
-def _law_test(decoder_factory, params) -> RS.PearsonResult:
-    law = _exact_law(params)
+def _law_test(decoder_factory, params, lead: int = 0) -> RS.PearsonResult:
+    law = _exact_law(params, lead)
     n = RS.sample_size(int((law > 0).sum()), TV, ALPHA)
     dec = decoder_factory()
     counts = np.zeros((6, 6))
     for seed in range(n):
-        a, b = dec.generate(PROMPT, SamplingParams(**{**params.__dict__, "seed": seed}))
+        a, b = dec.generate(PROMPT, SamplingParams(**{**params.__dict__, "seed": seed,
+                                                      "max_tokens": lead + 2}))[lead:]
         counts[a, b] += 1
     assert dec.stats["accepted"] > 0 and dec.stats["accepted"] < dec.stats["proposed"]
     return RS.pearson_test(counts, law)
@@ -251,3 +261,146 @@ def test_generate_speculative_end_to_end(tmp_path, capsys):
     assert main(["generate", "x", "--model", str(run), "--speculative", "beam"]) == 2
     assert main(["generate", "x", "--model", str(tmp_path / "none"),
                  "--speculative", "ngram"]) == 2
+
+
+# ---------------------------------------------------------------- in the engine
+
+def _engine(kind="dense", proposer=None, backend="reference", dtype="float64", **kw):
+    from lmspec.serve.engine import Engine
+
+    kw = {"block_size": 2, "max_num_seqs": 4, "max_tokens_per_step": 24, "max_model_len": 48,
+          **kw}
+    return Engine(CONFIGS[kind], PARAMS[kind], backend=backend, dtype=dtype,
+                  proposer=proposer, **{"gamma": 3, **kw})
+
+
+PROMPTS = [[1, 2, 3, 1, 2], [4, 4, 4, 4], [5, 0, 5, 0, 5, 0], [2], [1, 2, 3, 1, 2, 3, 1]]
+
+
+def _cached_prefixes_were_emitted(eng, seqs) -> None:
+    """Every cached block holds a prefix of a request's prompt + emitted output: no rejected
+    draft reached the prefix cache."""
+    for b in eng.blocks.cached_blocks:
+        p = eng.blocks.cached_prefix(b)
+        assert any(tuple(s[:len(p)]) == p for s in seqs), f"block {b} caches {p}"
+
+
+@pytest.mark.parametrize("kind", ["dense", "mla"])
+@pytest.mark.parametrize("name", ["ngram", "draft", "self"])
+def test_engine_greedy_equals_engine_without_speculation(kind, name):
+    """Batched with chunked prefill, preemptions (a pool of 14 two-token blocks) and prefix
+    hits: the speculative engine's greedy output equals the plain engine's, the pool comes
+    back whole and the prefix cache holds only emitted tokens."""
+    params = SamplingParams(temperature=0, max_tokens=10)
+    want = _engine(kind).generate(PROMPTS, params)
+    eng = _engine(kind, _proposer(name, kind), num_blocks=14)
+    got = eng.generate(PROMPTS, params)
+    assert got == want
+    assert eng.stats["preemptions"] > 0 and eng.stats["drafts_proposed"] > 0
+    if name == "self":
+        assert eng.stats["drafts_accepted"] == eng.stats["drafts_proposed"]
+    assert not eng.blocks.sequences and eng.blocks.num_available_blocks == 14
+    eng.blocks.check_invariants()
+    _cached_prefixes_were_emitted(eng, [p + o for p, o in zip(PROMPTS, got)])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_engine_greedy_on_torch(batched):
+    pytest.importorskip("torch")
+    params = SamplingParams(temperature=0, max_tokens=10)
+    kw = {"backend": "torch_triton", "dtype": "float32", "batched": batched}
+    want = _engine(**kw).generate(PROMPTS, params)
+    eng = _engine(proposer=_proposer("draft", "dense", "torch_triton", "float32"), **kw)
+    got = eng.generate(PROMPTS, params)
+    runner = _runner("dense", backend="torch_triton", dtype="float32")
+    for p, g, w in zip(PROMPTS, got, want):
+        if g != w:  # accepted only at a knife edge of the plain run
+            i = next(j for j, (a, b) in enumerate(zip(g, w)) if a != b)
+            top = np.sort(runner.logits(p + w[:i], 1)[0])[-2:]
+            assert top[1] - top[0] < KNIFE, (p, g, w)
+    assert eng.stats["drafts_proposed"] > 0
+
+
+def test_engine_seeded_outputs_do_not_depend_on_the_batch():
+    params = [SamplingParams(temperature=0.9, top_p=0.9, max_tokens=8, seed=s)
+              for s in range(len(PROMPTS))]
+    batch = _engine(proposer=_proposer("draft", "dense")).generate(PROMPTS, params)
+    for p, q, out in zip(PROMPTS, params, batch):
+        assert _engine(proposer=_proposer("draft", "dense")).generate([p], q)[0] == out
+
+
+class _EngineDecoder:
+    """The engine (batch of one) as a decoder for the law test."""
+
+    def __init__(self, proposer):
+        self.eng = _engine(proposer=proposer)
+
+    def generate(self, prompt, params):
+        return self.eng.generate([prompt], params)[0]
+
+    @property
+    def stats(self):
+        return {"accepted": self.eng.stats["drafts_accepted"],
+                "proposed": self.eng.stats["drafts_proposed"]}
+
+
+def test_engine_sampled_output_has_the_targets_law():
+    """The engine samples output token 0 with the prefill, then drafts token 1 and takes
+    token 2 as the bonus or the resample: the law of tokens 1 and 2."""
+    res = _law_test(lambda: _EngineDecoder(_proposer("draft", "dense")), LAWS["top_p"], lead=1)
+    assert res.p_value >= ALPHA, res
+
+
+def test_engine_abort_mid_speculation_frees_everything():
+    eng = _engine(proposer=_proposer("self", "dense"))
+    rid = eng.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=30))
+    other = eng.add_request([4, 5], SamplingParams(temperature=0, max_tokens=5))
+    for _ in range(3):
+        eng.step()
+    assert eng.blocks.num_provisional_tokens(rid) == 0  # settled within the step
+    eng.abort(rid)
+    while eng.has_work():
+        eng.step()
+    assert eng.finished(other) and not eng.blocks.sequences and not eng._draft_runners
+    eng.blocks.check_invariants()
+
+
+def test_engine_refuses_speculation_without_rollback():
+    from lmspec.serve.engine import Engine
+
+    c = PRESETS["tiny-hybrid"]
+    with pytest.raises(ValueError, match="proposer"):
+        Engine(c, init_params(c, 0), backend="reference", dtype="float64",
+               proposer=SP.NgramProposer())
+    with pytest.raises(ValueError, match="gamma"):
+        _engine(proposer=SP.NgramProposer(), gamma=0)
+
+
+@pytest.mark.parametrize("law", sorted(LAWS))
+def test_engine_law_test_catches_stale_penalties(monkeypatch, law):
+    """Planted in the engine: the drafts' positions scored without the accepted drafts in
+    the penalty context. Caught under penalties; under top-p alone it changes nothing (the
+    test passes, as it must on a sampler that is right for those parameters)."""
+    monkeypatch.setattr(SP.SpeculativeDecoder, "target_logprobs",
+                        staticmethod(_StalePenalty.target_logprobs))
+    res = _law_test(lambda: _EngineDecoder(_proposer("draft", "dense")), LAWS[law], lead=1)
+    assert (res.p_value < ALPHA) == (law == "penalty"), res
+
+
+def test_engine_checks_catch_settling_rejected_drafts(monkeypatch):
+    """Planted: the scheduler settles every draft. The outputs stay right (KV is read by
+    position), but rejected drafts enter the prefix cache, where a later prompt would hit
+    them: the cached-prefix check fails."""
+    from lmspec.serve import blocks as BM
+
+    real = BM.BlockManager.settle
+
+    def keep_all(self, seq_id, num_tokens):
+        real(self, seq_id, len(self._tokens[seq_id]))
+
+    monkeypatch.setattr(BM.BlockManager, "settle", keep_all)
+    params = SamplingParams(temperature=0, max_tokens=10)
+    eng = _engine(proposer=_proposer("draft", "dense"))
+    got = eng.generate(PROMPTS, params)
+    with pytest.raises(AssertionError, match="caches"):
+        _cached_prefixes_were_emitted(eng, [p + o for p, o in zip(PROMPTS, got)])

@@ -13,6 +13,7 @@ from lmspec import backends
 from lmspec.conformance import _results
 from lmspec.conformance._check import NOT_IMPLEMENTED, Target
 from lmspec.conformance._jax_hygiene import release_jax_executables  # noqa: F401  (autouse)
+from lmspec.conformance._stable_examples import disable_local_constants  # noqa: F401
 from lmspec.spec._deviations import deviation_for
 
 DEVIATION = "deviation"  # the outcome of a test that fails as a known deviation says it would

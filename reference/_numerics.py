@@ -72,6 +72,17 @@ def log(x) -> np.ndarray:
     return f(np.log(f(x)))
 
 
+def log1p(x) -> np.ndarray:
+    return f(np.log1p(f(x)))
+
+
+def softplus(x) -> np.ndarray:
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow, and e^x's relative accuracy for
+    x << 0 (so -log sigmoid(x) = softplus(-x) keeps it too)."""
+    x = f(x)
+    return f(np.maximum(x, c(0.0)) + log1p(exp(-np.abs(x))))
+
+
 def sqrt(x) -> np.ndarray:
     return f(np.sqrt(f(x)))
 

@@ -20,8 +20,11 @@ from lmspec.backends.jax_xla.attention_merge import attention_merge
 from lmspec.backends.jax_xla.awq import awq
 from lmspec.backends.jax_xla.cross_entropy import cross_entropy
 from lmspec.backends.jax_xla.embedding import embedding
+from lmspec.backends.jax_xla.gae import gae
 from lmspec.backends.jax_xla.geglu import geglu
 from lmspec.backends.jax_xla.gptq import gptq
+from lmspec.backends.jax_xla.grpo_loss import grpo_loss
+from lmspec.backends.jax_xla.kto_loss import kto_loss
 from lmspec.backends.jax_xla.layer_norm import layer_norm
 from lmspec.backends.jax_xla.lightning_attention import lightning_attention
 from lmspec.backends.jax_xla.linear_attention import linear_attention
@@ -32,6 +35,8 @@ from lmspec.backends.jax_xla.moe_balance_loss import moe_balance_loss
 from lmspec.backends.jax_xla.moe_bias_update import moe_bias_update
 from lmspec.backends.jax_xla.moe_layer import moe_layer, moe_layer_vjp
 from lmspec.backends.jax_xla.moe_router import moe_router, moe_router_vjp
+from lmspec.backends.jax_xla.ppo_loss import ppo_loss
+from lmspec.backends.jax_xla.preference_loss import preference_loss
 from lmspec.backends.jax_xla.quant_fp4 import quant_fp4
 from lmspec.backends.jax_xla.quant_fp8 import quant_fp8
 from lmspec.backends.jax_xla.quant_int4 import quant_int4
@@ -39,9 +44,11 @@ from lmspec.backends.jax_xla.quant_int8 import quant_int8
 from lmspec.backends.jax_xla.quant_kv_cache import quant_kv_cache
 from lmspec.backends.jax_xla.quant_matmul import quant_matmul
 from lmspec.backends.jax_xla.rejection_sample import rejection_sample
+from lmspec.backends.jax_xla.reward_model_loss import reward_model_loss
 from lmspec.backends.jax_xla.rms_norm import rms_norm
 from lmspec.backends.jax_xla.rope import rope
 from lmspec.backends.jax_xla.sdpa import sdpa
+from lmspec.backends.jax_xla.sequence_logprob import sequence_logprob
 from lmspec.backends.jax_xla.softmax import softmax
 from lmspec.backends.jax_xla.swiglu import swiglu
 from lmspec.backends.jax_xla.train_step import train_step
@@ -54,6 +61,10 @@ __all__ = [
     "moe_router_vjp",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
     "quant_matmul", "gptq", "awq", "quant_kv_cache", "rejection_sample",
+    "gae", "grpo_loss", "ppo_loss",
+    "preference_loss", "sequence_logprob",
+    "reward_model_loss",
+    "kto_loss",
     "rms_norm", "rope", "sdpa", "softmax", "swiglu",
     "to_numpy", "train_step", "vjp",
 ]

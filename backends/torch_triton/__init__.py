@@ -29,8 +29,11 @@ from lmspec.backends.torch_triton.attention_merge import attention_merge
 from lmspec.backends.torch_triton.awq import awq
 from lmspec.backends.torch_triton.cross_entropy import cross_entropy
 from lmspec.backends.torch_triton.embedding import embedding
+from lmspec.backends.torch_triton.gae import gae
 from lmspec.backends.torch_triton.geglu import geglu
 from lmspec.backends.torch_triton.gptq import gptq
+from lmspec.backends.torch_triton.grpo_loss import grpo_loss
+from lmspec.backends.torch_triton.kto_loss import kto_loss
 from lmspec.backends.torch_triton.layer_norm import layer_norm
 from lmspec.backends.torch_triton.lightning_attention import lightning_attention
 from lmspec.backends.torch_triton.linear_attention import linear_attention
@@ -41,6 +44,8 @@ from lmspec.backends.torch_triton.moe_balance_loss import moe_balance_loss
 from lmspec.backends.torch_triton.moe_bias_update import moe_bias_update
 from lmspec.backends.torch_triton.moe_layer import moe_layer
 from lmspec.backends.torch_triton.moe_router import moe_router
+from lmspec.backends.torch_triton.ppo_loss import ppo_loss
+from lmspec.backends.torch_triton.preference_loss import preference_loss
 from lmspec.backends.torch_triton.quant_fp4 import quant_fp4
 from lmspec.backends.torch_triton.quant_fp8 import quant_fp8
 from lmspec.backends.torch_triton.quant_int4 import quant_int4
@@ -48,9 +53,11 @@ from lmspec.backends.torch_triton.quant_int8 import quant_int8
 from lmspec.backends.torch_triton.quant_kv_cache import quant_kv_cache
 from lmspec.backends.torch_triton.quant_matmul import quant_matmul
 from lmspec.backends.torch_triton.rejection_sample import rejection_sample
+from lmspec.backends.torch_triton.reward_model_loss import reward_model_loss
 from lmspec.backends.torch_triton.rms_norm import rms_norm
 from lmspec.backends.torch_triton.rope import rope
 from lmspec.backends.torch_triton.sdpa import sdpa
+from lmspec.backends.torch_triton.sequence_logprob import sequence_logprob
 from lmspec.backends.torch_triton.softmax import softmax
 from lmspec.backends.torch_triton.swiglu import swiglu
 from lmspec.backends.torch_triton.train_step import train_step
@@ -66,5 +73,9 @@ __all__ = [
     "moe_router",
     "quant_fp4", "quant_fp8", "quant_int4", "quant_int8",
     "quant_matmul", "gptq", "awq", "quant_kv_cache", "rejection_sample",
+    "gae", "grpo_loss", "ppo_loss",
+    "preference_loss", "sequence_logprob",
+    "reward_model_loss",
+    "kto_loss",
     "rope", "sdpa", "softmax", "swiglu", "to_numpy", "train_step", "vjp",
 ]

@@ -1542,6 +1542,214 @@ def moe_balance_loss_counts_the_first_slot_only():
     return fwd, None
 
 
+# ----------------------------------------------------------------------------- alignment losses
+kto_ref = importlib.import_module("lmspec.reference.kto_loss")
+
+
+@mutant("sequence_logprob", catches=("forward", "masked_positions_do_not_matter"))
+def sequence_logprob_sums_prompt_tokens():
+    """The DPO bug: the prompt's (and padding's) token log-probs summed with the response's."""
+    def fwd(logits, targets, mask):
+        every = np.clip(np.asarray(targets), 0, logits.shape[-1] - 1)
+        logps, _ = R.sequence_logprob(logits, every, np.ones_like(np.asarray(mask)))
+        return logps, R.sequence_logprob(logits, targets, mask)[1]
+    return fwd, None
+
+
+@mutant("preference_loss", catches=("forward",))
+def preference_loss_beta_on_the_chosen_side_only():
+    """beta (pc - rc) - (pr - rr): beta applied to one log-ratio only."""
+    def fwd(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta=0.1, **kw):
+        b = np.float32(beta)
+        loss = R.preference_loss(policy_chosen, policy_rejected / b, ref_chosen,
+                                 ref_rejected / b, beta=beta, **kw)[0]
+        _, cr, rr = R.preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                      beta=beta, **kw)
+        return loss, cr, rr
+    return fwd, None
+
+
+@mutant("preference_loss", catches=("forward", "swapping_chosen_and_rejected"))
+def preference_loss_margin_sign_swapped():
+    """h = rejected log-ratio - chosen log-ratio: the loss pushes the wrong way."""
+    def fwd(policy_chosen, policy_rejected, ref_chosen, ref_rejected, **kw):
+        _spec("preference_loss").check_args(policy_chosen, policy_rejected, ref_chosen,
+                                            ref_rejected, **kw)
+        loss = R.preference_loss(policy_rejected, policy_chosen, ref_rejected, ref_chosen, **kw)[0]
+        _, cr, rr = R.preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                      **kw)
+        return loss, cr, rr
+    return fwd, None
+
+
+@mutant("preference_loss", catches=("forward", "swapping_chosen_and_rejected"))
+def preference_loss_robust_without_normalization():
+    """Robust DPO without its 1 / (1 - 2 eps): no longer an unbiased estimate."""
+    def fwd(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta=0.1,
+            loss_type="sigmoid", label_smoothing=0.0):
+        out = R.preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+        if loss_type != "robust":
+            return out
+        return (out[0] * np.float32(1 - 2 * label_smoothing)).astype(np.float32), *out[1:]
+    return fwd, None
+
+
+@mutant("kto_loss", catches=("backward",))
+def kto_loss_baseline_not_detached():
+    """The gradient flows through z0 = max(mean(policy_kl - ref_kl), 0) into policy_kl_logps."""
+    def vjp(cots, policy_logps, ref_logps, desirable, policy_kl_logps, ref_kl_logps, **kw):
+        grads = R.kto_loss_vjp(cots, policy_logps, ref_logps, desirable, policy_kl_logps,
+                               ref_kl_logps, **kw)
+        live = np.mean(_f32(policy_kl_logps) - _f32(ref_kl_logps)) > 0  # the clamp's branch
+        m = len(policy_kl_logps)
+        dkl = np.full(m, -grads["policy_logps"].sum() / m if live else 0.0, np.float32)
+        return dict(grads, policy_kl_logps=dkl)
+    return None, vjp
+
+
+@mutant("kto_loss", catches=("forward", "negative_kl_estimate_is_clamped_to_zero"))
+def kto_loss_baseline_not_clamped():
+    """z0 = mean(policy_kl - ref_kl) without max(., 0): a negative estimate shifts every loss."""
+    def unclamped(policy_kl_logps, ref_kl_logps):
+        return np.float32(np.mean(_f32(policy_kl_logps) - _f32(ref_kl_logps)))
+    return _patched(kto_ref, "_baseline", unclamped, R.kto_loss), None
+
+
+@mutant("reward_model_loss", catches=("forward",))
+def reward_model_loss_margin_added():
+    """-log sigmoid(chosen - rejected + margin): the margin's sign wrong."""
+    def fwd(chosen, rejected, margin=None, **kw):
+        return R.reward_model_loss(chosen, rejected, None if margin is None else -margin, **kw)
+    return fwd, None
+
+
+# ----------------------------------------------------------------------------- grpo_loss, gae
+grpo_ref = importlib.import_module("lmspec.reference.grpo_loss")
+
+
+@mutant("grpo_loss", catches=("forward",))
+def grpo_loss_kl_sign_swapped():
+    """k3 with the log-ratio the wrong way round, exp(logp - ref) - (logp - ref) - 1: still
+    >= 0 and 0 at the reference, but an estimate of KL(ref || pi) on samples of pi."""
+    def fwd(logp, old_logp, ref_logp, rewards, mask, *, beta=0.0, **kw):
+        _spec("grpo_loss").check_args(logp, old_logp, ref_logp, rewards, mask, beta=beta, **kw)
+        loss, adv = R.grpo_loss(logp, old_logp, ref_logp, rewards, mask, beta=0.0, **kw)
+        d = _f32(logp) - _f32(ref_logp)
+        w = grpo_ref._weights(mask, kw.get("loss_type", "grpo"),
+                              kw.get("max_completion_length"))
+        k3 = np.exp(d) - d - np.float32(1.0)
+        return (loss + np.float32(beta) * (k3 * w).sum()).astype(np.float32), adv
+    return fwd, None
+
+
+@mutant("grpo_loss", catches=("forward",))
+def grpo_loss_per_sequence_when_per_token_asked():
+    """loss_type="bnpo" (DAPO's token-level mean) reduced as "grpo" (per-sequence means)."""
+    def fwd(*args, loss_type="grpo", **kw):
+        return R.grpo_loss(*args, loss_type="grpo" if loss_type == "bnpo" else loss_type, **kw)
+    return fwd, None
+
+
+@mutant("grpo_loss", catches=("forward",))
+def grpo_loss_advantages_not_std_normalized():
+    def fwd(*args, scale_rewards=True, **kw):
+        return R.grpo_loss(*args, scale_rewards=False, **kw)
+    return fwd, None
+
+
+@mutant("grpo_loss", catches=("forward",))
+def grpo_loss_clip_uses_eps_high_on_both_sides():
+    """clip(ratio, 1 - eps_high, 1 + eps_high): DAPO's clip-higher widened on the low side too."""
+    def fwd(*args, epsilon=0.2, epsilon_high=None, **kw):
+        hi = epsilon if epsilon_high is None else epsilon_high
+        return R.grpo_loss(*args, epsilon=min(hi, 0.99), epsilon_high=hi, **kw)
+    return fwd, None
+
+
+@mutant("grpo_loss", catches=("backward",))
+def grpo_loss_backward_ignores_clipping():
+    """The gradient of the unclipped surrogate everywhere: clipped tokens still pushed."""
+    return None, lambda *args, **kw: _grpo_vjp_unclipped(*args, **kw)
+
+
+def _grpo_vjp_unclipped(cts, logp, old_logp, ref_logp, rewards, mask, *, group_size,
+                        epsilon=0.2, epsilon_high=None, beta=0.0, scale_rewards=True,
+                        loss_type="grpo", max_completion_length=None):
+    dloss = cts[0] if isinstance(cts, tuple) else cts
+    adv = grpo_ref.advantages_of(rewards, group_size, scale_rewards)
+    ratio = np.exp(_f32(logp) - _f32(old_logp))
+    w = grpo_ref._weights(mask, loss_type, max_completion_length)
+    g = (-ratio * adv[:, None] + np.float32(beta) * (1 - np.exp(_f32(ref_logp) - _f32(logp))))
+    return {"logp": (g * w * np.float32(dloss)).astype(np.float32)}
+
+
+@mutant_without_vjp("gae", catches=("forward",))
+def gae_lambda_applied_twice():
+    """A_t = delta_t + gamma lam^2 A_{t+1}: lambda folded into the carry and applied again."""
+    def fwd(rewards, values, mask, *, gamma=1.0, lam=0.95):
+        _spec("gae").check_args(rewards, values, mask, gamma=gamma, lam=lam)
+        return R.gae(rewards, values, mask, gamma=gamma, lam=lam * lam)
+    return fwd
+
+
+ppo_ref = importlib.import_module("lmspec.reference.ppo_loss")
+
+
+def _ppo_patched_max(pg_max=np.maximum, vf_max=np.maximum):
+    """The reference ppo_loss with the policy or the value reduction's max replaced."""
+    def fwd(logp, old_logp, advantages, values, old_values, returns, mask, *, clip_range=0.2,
+            clip_range_value=0.2, vf_coef=0.1):
+        _spec("ppo_loss").check_args(logp, old_logp, advantages, values, old_values, returns,
+                                     mask, clip_range=clip_range,
+                                     clip_range_value=clip_range_value, vf_coef=vf_coef)
+        _spec("ppo_loss").check_mask(np.asarray(mask))
+        _, _, pg1, pg2, _, sq1, sq2 = ppo_ref._parts(logp, old_logp, advantages, values,
+                                                     old_values, returns, clip_range,
+                                                     clip_range_value)
+        w = ppo_ref._weight(mask)
+        pg = np.float32((pg_max(pg1, pg2) * w).sum())
+        vf = np.float32(0.5 * (vf_max(sq1, sq2) * w).sum())
+        return np.float32(pg + np.float32(vf_coef) * vf), pg, vf
+    return fwd
+
+
+@mutant("ppo_loss", catches=("forward",))
+def ppo_loss_optimistic_policy_min():
+    """min(-A r, -A clip(r)): the optimistic bound instead of PPO's pessimistic max."""
+    return _ppo_patched_max(pg_max=np.minimum), None
+
+
+@mutant("ppo_loss", catches=("forward",))
+def ppo_loss_value_clip_takes_the_min():
+    """min((v - R)^2, (v_clip - R)^2): value clipping that lowers the value loss."""
+    return _ppo_patched_max(vf_max=np.minimum), None
+
+
+@mutant("ppo_loss", catches=("forward",))
+def ppo_loss_mean_over_padding():
+    """The masked mean taken over every position, padding included (mask applied to the sum
+    only): sum(m x) / (B T)."""
+    def fwd(logp, old_logp, advantages, values, old_values, returns, mask, **kw):
+        outs = R.ppo_loss(logp, old_logp, advantages, values, old_values, returns, mask, **kw)
+        m = np.asarray(mask)
+        k = np.float32(max(m.sum(), 1) / max(m.size, 1))
+        return tuple(np.float32(o * k) for o in outs)
+    return fwd, None
+
+
+@mutant("ppo_loss", catches=("backward",))
+def ppo_loss_backward_ignores_value_clipping():
+    """d vf / d values = (v - R) everywhere: clipped values still get the gradient."""
+    def vjp(cts, logp, old_logp, advantages, values, old_values, returns, mask, **kw):
+        grads = R.ppo_loss_vjp(cts, logp, old_logp, advantages, values, old_values, returns,
+                               mask, **kw)
+        free = R.ppo_loss_vjp(cts, logp, old_logp, advantages, values, old_values, returns,
+                              mask, **dict(kw, clip_range_value=1e6))
+        return dict(grads, values=free["values"])
+    return None, vjp
+
+
 # Whole-model plants live in their own file (patches of the reference model module).
 import _model_mutants  # noqa: E402  (tests/harness is on the path wherever mutants is)
 

@@ -307,28 +307,16 @@ class Engine:
     def _verify(self, rid, logits: np.ndarray) -> list[tuple[int, float, dict | None]]:
         """Speculative decoding: the accepted drafts and the token after them, each with its
         logprob (and top logprobs) under the target's processed distribution."""
-        from lmspec.reference.rejection_sample import rejection_sample
         from lmspec.serve import speculative as SP
 
         r, s = self.reqs[rid], self.scheduler.seqs[rid]
         d = s.drafts[:s.in_flight]
         logp = SP.SpeculativeDecoder.target_logprobs(logits, r.params, s.prompt, s.output, d)
-        k, g = len(s.output), len(d)
-        u = np.array([[SP.stream_uniform(r.seed, k, SP.ACCEPT, i) for i in range(g)]])
-        rr = np.array([SP.stream_uniform(r.seed, k, SP.RESAMPLE)])
-        n, toks = rejection_sample(np.array([d], np.int64), np.exp(r.logq[:g])[None],
-                                   np.exp(logp)[None], u, rr)
-        n = int(n[0])
-        self.stats["drafts_proposed"] += g
+        n, last = SP.verify(r.seed, len(s.output), d, r.logq, logp)
+        self.stats["drafts_proposed"] += len(d)
         self.stats["drafts_accepted"] += n
-        out = []
-        for i, t in enumerate(int(x) for x in toks[0, :n + 1]):
-            top = None
-            if r.params.logprobs:
-                best = np.lexsort((np.arange(logp.shape[1]), -logp[i]))[:r.params.logprobs]
-                top = {int(b): float(logp[i, b]) for b in best if np.isfinite(logp[i, b])}
-            out.append((t, float(logp[i, t]), top))
-        return out
+        return [(t, float(logp[i, t]), top_logprobs(logp[i], r.params.logprobs))
+                for i, t in enumerate(d[:n] + [last])]
 
     def _sample(self, rows: dict[Hashable, np.ndarray]) -> list[Output]:
         outs, sampled, stop = [], {}, {}
@@ -509,8 +497,12 @@ def sample_one(logits, params: SamplingParams, prompt, output, u: float):
     then the token ``min{j : u < cdf_j}`` over ids in ascending order."""
     logp = processed_logprobs(logits, params, prompt, output)
     tok = int(np.argmax(logp)) if params.temperature == 0 else pick(logp, u)
-    top = None
-    if params.logprobs:
-        best = np.lexsort((np.arange(logp.size), -logp))[:params.logprobs]
-        top = {int(t): float(logp[t]) for t in best if np.isfinite(logp[t])}
-    return tok, float(logp[tok]), top
+    return tok, float(logp[tok]), top_logprobs(logp, params.logprobs)
+
+
+def top_logprobs(logp: np.ndarray, k: int | None) -> dict[int, float] | None:
+    """The k most likely ids (ties to the lowest id) and their logprobs; None for k 0/None."""
+    if not k:
+        return None
+    best = np.lexsort((np.arange(logp.size), -logp))[:k]
+    return {int(t): float(logp[t]) for t in best if np.isfinite(logp[t])}

@@ -180,14 +180,8 @@ class SpeculativeDecoder:
             d = prop.tokens[:g]
             logits = self.target.logits(ctx + d, len(d) + 1)
             logp = self.target_logprobs(logits, params, prompt, out, d)
-            k = len(out)
-            u = np.array([[stream_uniform(seed, k, ACCEPT, i) for i in range(len(d))]])
-            r = np.array([stream_uniform(seed, k, RESAMPLE)])
-            n, toks = rejection_sample(np.array([d], np.int64).reshape(1, len(d)),
-                                       np.exp(prop.logq[:len(d)])[None],
-                                       np.exp(logp)[None], u.reshape(1, len(d)), r)
-            n = int(n[0])
-            new = [int(t) for t in toks[0, :n + 1]]
+            n, last = verify(seed, len(out), d, prop.logq, logp)
+            new = d[:n] + [last]
             self.stats["steps"] += 1
             self.stats["proposed"] += len(d)
             self.stats["accepted"] += n
@@ -209,6 +203,20 @@ class SpeculativeDecoder:
     @property
     def acceptance_rate(self) -> float:
         return self.stats["accepted"] / max(self.stats["proposed"], 1)
+
+
+def verify(seed: int, start: int, drafts: list[int], logq: np.ndarray, logp: np.ndarray
+           ) -> tuple[int, int]:
+    """One request's step: (accepted drafts, the token drawn after them), by the spec's
+    rejection sampler on q = exp(logq) (len(drafts), V) and p = exp(logp) (len(drafts) + 1,
+    V), with the uniforms of the step that starts at output length ``start``."""
+    g = len(drafts)
+    u = np.array([[stream_uniform(seed, start, ACCEPT, i) for i in range(g)]])
+    r = np.array([stream_uniform(seed, start, RESAMPLE)])
+    n, toks = rejection_sample(np.array([drafts], np.int64).reshape(1, g),
+                               np.exp(logq[:g])[None], np.exp(logp)[None], u, r)
+    n = int(n[0])
+    return n, int(toks[0, n])
 
 
 def greedy_reference(target: Runner, prompt: Sequence[int], max_tokens: int,

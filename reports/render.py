@@ -370,8 +370,9 @@ def _sections(results: Path, bench_rows: list[dict]) -> list[tuple[str, str]]:
     return out
 
 
-def render(results: Path) -> list[Path]:
-    """Write report.md and report.html into ``results``; returns their paths."""
+def render(results: Path, runs: list[Path] | None = None) -> list[Path]:
+    """Write report.md and report.html into ``results``; returns their paths. ``runs``:
+    training and alignment run folders whose curves the report plots (reports/runs.py)."""
     results = Path(results)
     conf = _read(results / "conformance.jsonl")
     bench_rows = _read(results / "bench.jsonl")
@@ -386,7 +387,11 @@ def render(results: Path) -> list[Path]:
              ("KV cache by attention kind (computed from the spec, not measured)",
               _plot_kv_cache()))
     page = _html(comps, cols, cells, bench_rows, meta, heat, _plot_speedups(bench_rows), extra)
-    for section_md, section_html in _sections(results, bench_rows):
+    from lmspec.reports import runs as runs_section
+
+    with_runs = runs_section.section(list(runs or []))
+    for section_md, section_html in _sections(results, bench_rows) + [with_runs] * bool(
+            with_runs):
         md += "\n" + section_md.rstrip() + "\n"
         page = page.replace("</body></html>", section_html + "</body></html>")
     out_md, out_html = results / "report.md", results / "report.html"

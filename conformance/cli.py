@@ -116,9 +116,16 @@ def cmd_report(ns: argparse.Namespace) -> int:
     from lmspec.reports import render
 
     out = Path(ns.results)
-    if not any((out / f).exists() for f in ("conformance.jsonl", "bench.jsonl")):
-        raise CliError(f"no results in {out}/: run `lmspec conform` (or `lmspec bench`) first")
-    for p in render.render(out):
+    runs = [Path(r) for r in ns.runs or []]
+    for r in runs:
+        if not (r / "metrics.jsonl").exists():
+            raise CliError(f"--runs {r}: no metrics.jsonl there (expected the folder of an "
+                           "`lmspec train` or `lmspec align` run)")
+    if not runs and not any((out / f).exists() for f in ("conformance.jsonl", "bench.jsonl")):
+        raise CliError(f"no results in {out}/: run `lmspec conform` (or `lmspec bench`) first, "
+                       "or pass --runs")
+    out.mkdir(parents=True, exist_ok=True)
+    for p in render.render(out, runs):
         print(p)
     return 0
 
@@ -199,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("report", help="render results/ as markdown and HTML")
     sp.add_argument("--results", default="results")
+    sp.add_argument("--runs", nargs="+", metavar="DIR",
+                    help="training / alignment run folders to plot (lmspec train, lmspec align)")
     sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("replay", help="re-run a saved failing case (path printed by a failure)")
@@ -228,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmspec.conformance import _serve_cli  # lmspec serve | generate
 
     _serve_cli.add_parser(sub)
+    from lmspec.conformance import _align_cli  # lmspec align sft|dpo|grpo
+
+    _align_cli.add_parser(sub)
     return p
 
 

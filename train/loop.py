@@ -225,7 +225,7 @@ def _takes_segments(config: ModelConfig) -> bool:
     return config.mla is None and "linear" not in config.layer_kinds()
 
 
-def _progress(enabled: bool, total: int, start: int):
+def _progress(enabled: bool, total: int, start: int, label: str = "train"):
     """A rich progress bar (step, loss, tokens/s, lr, ETA) on a terminal; None elsewhere."""
     if not enabled:
         return None
@@ -237,10 +237,10 @@ def _progress(enabled: bool, total: int, start: int):
         TimeRemainingColumn,
     )
 
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+    bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
     bar.start()
-    bar.add_task("train", total=total, completed=start, info="")
+    bar.add_task(label, total=total, completed=start, info="")
     return bar
 
 

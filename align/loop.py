@@ -10,13 +10,9 @@ earlier stage: its latest checkpoint and its ``vocab.json``) and writes the same
 step's data and samples are a function of the seed and the step alone).
 
 One optimizer step is the spec's ``train_step`` in every stage. SFT is its cross-entropy on
-prompt-masked conversations (align/tasks.py). DPO and GRPO losses are functions of the
-per-token log-probs ``logp_t`` of the targets, so their gradient with respect to the weights
-is ``sum_t (dL/dlogp_t) dlogp_t/dtheta``: the backend's own loss component gives
-``dL/dlogp_t`` (its vjp), and ``train_step`` with per-target weights
-``w_t = -n dL/dlogp_t`` (n the number of weighted targets; the step's cross-entropy term is
-``sum_t w_t CE_t / n`` and ``CE_t = -logp_t``) turns that into exactly ``dL/dtheta``, with the
-same clipping, AdamW and accumulation as pre-training. z-loss and the MTP loss are switched
+prompt-masked conversations (align/tasks.py); DPO and GRPO are its weighted cross-entropy,
+with weights that make its gradient the alignment loss's (align/gradients.py), so that
+clipping, AdamW and accumulation are pre-training's. z-loss and the MTP loss are switched
 off for those stages (weighted by a negative w they would reward what they penalize).
 
 Evaluation, every ``eval_every`` steps, on held-out prompts never trained on: greedy answers'
@@ -39,11 +35,26 @@ import numpy as np
 
 from lmspec import backends
 from lmspec.align import tasks as T
+from lmspec.align.gradients import (
+    dpo_gradients,
+    grpo_gradients,
+    token_logp,
+    token_weights,
+    weights_landed,
+)
 from lmspec.spec._model_config import ModelConfig, n_params
-from lmspec.spec.train_step import BATCH_KEYS, Schedule, TrainConfig, init_opt_state
+from lmspec.spec.train_step import Schedule, TrainConfig, init_opt_state
 from lmspec.train import checkpoint as ckpt
 from lmspec.train.data import Vocabulary
-from lmspec.train.loop import Metrics, _progress, _takes_segments, _to_backend, _to_numpy
+from lmspec.train.loop import (
+    Metrics,
+    State,
+    _progress,
+    _takes_segments,
+    _to_backend,
+    _to_numpy,
+    checkpoint_to_resume,
+)
 
 STAGES = ("sft", "dpo", "grpo")
 # per stage: learning rate, beta (DPO's temperature; GRPO's KL coefficient), loss type
@@ -175,93 +186,6 @@ def load_policy(path: str | Path, what: str = "init") -> Policy:
                   Vocabulary.from_json(json.loads(vocab_file.read_text())), step)
 
 
-def token_logp(b, p, config: ModelConfig, rows: dict[str, np.ndarray]) -> np.ndarray:
-    """(B, T) float64 log-probs of ``rows["targets"]`` under the backend's model (0 where a
-    target is ignored)."""
-    logits, _ = b.fn("model")(p, rows["tokens"], config=config)
-    z = np.asarray(b.to_numpy(logits), np.float64)
-    tg = rows["targets"]
-    valid = tg != T.IGNORE_INDEX
-    zmax = z.max(-1, keepdims=True)
-    lse = np.log(np.exp(z - zmax).sum(-1)) + zmax[..., 0]
-    picked = np.take_along_axis(z, np.where(valid, tg, 0)[..., None], -1)[..., 0]
-    return np.where(valid, picked - lse, 0.0)
-
-
-def weights_landed() -> bool:
-    """Whether the spec's train_step takes per-target weights (what DPO and GRPO need)."""
-    return "weights" in BATCH_KEYS
-
-
-def token_weights(mask: np.ndarray, dlogp: np.ndarray) -> np.ndarray:
-    """Per-target weights whose weighted cross-entropy (``train_step``'s, divided by the
-    ``n = sum(mask)`` weighted targets) has the gradient of a loss with ``dL/dlogp``:
-    ``w = -n dL/dlogp`` on the mask (module docstring)."""
-    return (-int(mask.sum()) * dlogp * mask).astype(np.float32)
-
-
-def loss_and_grad(b, stem: str, arrays: dict, params: dict, wrt: tuple[str, ...],
-                  dtype: str = "float32"):
-    """A loss component of the backend, run in ``dtype``, and its vjp for cotangent 1 on the
-    loss (its other outputs, e.g. rewards and advantages, get 0): (outputs, {name:
-    gradient}), as float64 host arrays."""
-    native = {k: b.asarray(v, None if v.dtype.kind in "iub" else dtype)
-              for k, v in arrays.items()}
-    outs = b.call(stem, native, params)
-    host = [np.asarray(b.to_numpy(o), np.float64) for o in outs]
-    cts = [b.asarray(np.ones_like(host[0]), dtype),
-           *(b.asarray(np.zeros_like(h), dtype) for h in host[1:])]
-    grads = b.vjp(stem, native, params, cts, wrt)
-    return host, {k: np.asarray(b.to_numpy(g), np.float64) for k, g in grads.items()}
-
-
-def dpo_gradients(b, params, ref_params, config: ModelConfig, rows: dict, mask: np.ndarray,
-                  loss_params: dict, dtype: str = "float32"):
-    """DPO on rows whose first half are the chosen and second half the rejected responses:
-    (loss, chosen_rewards, rejected_rewards, dL/dlogp (B, T))."""
-    p = len(mask) // 2
-    pol = token_logp(b, params, config, rows).sum(-1)
-    ref = token_logp(b, ref_params, config, rows).sum(-1)
-    (loss, cr, rj), g = loss_and_grad(
-        b, "preference_loss", {"policy_chosen": pol[:p], "policy_rejected": pol[p:],
-                               "ref_chosen": ref[:p], "ref_rejected": ref[p:]},
-        loss_params, ("policy_chosen", "policy_rejected"), dtype)
-    per_row = np.concatenate([g["policy_chosen"], g["policy_rejected"]])
-    return float(loss), cr, rj, per_row[:, None] * mask
-
-
-def completion_window(mask: np.ndarray, starts: np.ndarray, width: int):
-    """Indices (B, width) of each row's completion targets (clipped to the row; the row's
-    last position, which predicts nothing, absorbs the overhang) and the 0/1 window mask."""
-    at = starts[:, None] + np.arange(width)
-    inside = at < mask.shape[1]
-    at = np.minimum(at, mask.shape[1] - 1)
-    return at, (np.take_along_axis(mask, at, 1) * inside).astype(np.int32)
-
-
-def grpo_gradients(b, params, ref_params, config: ModelConfig, rows: dict, mask: np.ndarray,
-                   starts: np.ndarray, rewards: np.ndarray, width: int, loss_params: dict,
-                   old_logp: np.ndarray | None = None, dtype: str = "float32"):
-    """GRPO on (B, width) completion windows (Dr. GRPO's constant normalizer is then
-    B * width whatever the step's longest prompt): (loss, dL/dlogp (B, T), window logp,
-    window ref logp, window mask). ``old_logp`` (window): the sampler's; None: the policy's
-    own (one update per batch of samples, ratio 1). ``ref_params`` None: no KL term.
-    ``dtype``: the loss component's (the log-probs come from the model in its own)."""
-    at, win = completion_window(mask, starts, width)
-    full = token_logp(b, params, config, rows)
-    logp = np.take_along_axis(full, at, 1) * win
-    ref = logp if ref_params is None else (
-        np.take_along_axis(token_logp(b, ref_params, config, rows), at, 1) * win)
-    (loss, _), g = loss_and_grad(
-        b, "grpo_loss", {"logp": logp, "old_logp": logp if old_logp is None else old_logp,
-                         "ref_logp": ref, "rewards": np.asarray(rewards, np.float64),
-                         "mask": win},
-        {**loss_params, "max_completion_length": width}, ("logp",), dtype)
-    dlogp = np.zeros_like(full)
-    np.put_along_axis(dlogp, at, g["logp"] * win, 1)  # overhang indices carry 0
-    return float(loss), dlogp * mask, logp, ref, win
-
-
 # ----------------------------------------------------------------------------- one stage
 
 
@@ -327,9 +251,9 @@ class _Stage:
 
     def _sft(self, state, step, fn, tc) -> dict[str, float]:
         pairs = [self.encode(e) for e in self.train_examples(step, self.cfg.batch_size)]
-        rows = T.sft_rows(pairs, self.cfg.seq_len, self.eos,
-                          pack=_takes_segments(self.config))
-        if not _takes_segments(self.config):
+        packed = _takes_segments(self.config)
+        rows = T.sft_rows(pairs, self.cfg.seq_len, self.eos, pack=packed)
+        if not packed:
             rows.pop("segment_ids")
         m = self._train(state, fn, tc, rows, step)
         return {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
@@ -397,20 +321,13 @@ class _Stage:
                             for o, e in zip(outs, held)])
         got = {"reward": float(rewards.mean()), "exact": float(np.mean(rewards == 1.0))}
         if self.cfg.stage == "dpo":
-            rows, mask = self._dpo_rows(held, seed=self.cfg.seed + 99)
-            _, cr, rj, _ = dpo_gradients(self.b, params, self.ref, self.config, rows, mask,
-                                         self._dpo_params())
+            rows, _ = self._dpo_rows(held, seed=self.cfg.seed + 99)
             pol = token_logp(self.b, params, self.config, rows).sum(-1)
-            got["reward_accuracy"] = float(np.mean(cr > rj))
-            got["policy_accuracy"] = float(np.mean(pol[:len(held)] > pol[len(held):]))
+            ratio = pol - token_logp(self.b, self.ref, self.config, rows).sum(-1)
+            p = len(held)  # the implicit rewards' order is the log-ratios' (beta > 0)
+            got["reward_accuracy"] = float(np.mean(ratio[:p] > ratio[p:]))
+            got["policy_accuracy"] = float(np.mean(pol[:p] > pol[p:]))
         return got
-
-
-@dataclass
-class _State:
-    params: dict
-    opt_state: dict
-    step: int
 
 
 def align(cfg: AlignConfig, out: str | Path, *, resume: bool = False,
@@ -430,12 +347,7 @@ def align(cfg: AlignConfig, out: str | Path, *, resume: bool = False,
     if cfg.stage != "sft" and not weights_landed():
         raise ValueError(f"stage: {cfg.stage} needs train_step's per-target weights "
                          "(batch['weights']), which this lmspec does not have yet")
-    latest = ckpt.latest(out) if out.exists() else None
-    if latest is not None and not resume:
-        raise FileExistsError(f"out: {out} already holds checkpoints (latest {latest.name}); "
-                              "pass resume=True (--resume) or choose another folder")
-    if resume and latest is None:
-        raise FileNotFoundError(f"out: no checkpoint to resume from in {out}")
+    latest = checkpoint_to_resume(out, resume)
     policy = load_policy(cfg.init)
     ref = None if cfg.stage == "sft" else load_policy(cfg.ref or cfg.init, "ref")
     if ref is not None and ref.config != policy.config:
@@ -448,12 +360,12 @@ def align(cfg: AlignConfig, out: str | Path, *, resume: bool = False,
         if replace(old, steps=cfg.steps) != cfg:
             raise ValueError("resume: the align config differs from the checkpoint's (only "
                              f"steps may change): saved {old}, given {cfg}")
-        state = _State(_to_backend(b, saved.params), _to_backend(b, saved.opt_state),
+        state = State(_to_backend(b, saved.params), _to_backend(b, saved.opt_state),
                        saved.step)
         log(f"resumed {out} at step {state.step} ({latest.name})")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        state = _State(_to_backend(b, policy.params),
+        state = State(_to_backend(b, policy.params),
                        _to_backend(b, init_opt_state(policy.params, stage.config)), 0)
         (out / "vocab.json").write_text(json.dumps(policy.vocab.to_json()))
     (out / "run.json").write_text(json.dumps({

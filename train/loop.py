@@ -244,6 +244,19 @@ def _progress(enabled: bool, total: int, start: int, label: str = "train"):
     return bar
 
 
+def checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
+    """The latest checkpoint in ``out`` when resuming; None for a fresh run. A fresh run into
+    a folder that holds checkpoints, or a resume without one, is refused (nothing is
+    overwritten)."""
+    latest = ckpt.latest(out) if out.exists() else None
+    if latest is not None and not resume:
+        raise FileExistsError(f"out: {out} already holds checkpoints (latest {latest.name}); "
+                              "pass resume=True (--resume) or choose another folder")
+    if resume and latest is None:
+        raise FileNotFoundError(f"out: no checkpoint to resume from in {out}")
+    return latest
+
+
 def train(run: RunConfig, out: str | Path, *, resume: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
           cache_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
@@ -260,13 +273,8 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
     b = backends.load(run.backend)
     if not b.has("train_step"):
         raise ValueError(f"backend: {run.backend} implements no train_step")
+    latest = checkpoint_to_resume(out, resume)
     out.mkdir(parents=True, exist_ok=True)
-    latest = ckpt.latest(out)
-    if latest is not None and not resume:
-        raise FileExistsError(f"out: {out} already holds checkpoints (latest {latest.name}); "
-                              "pass resume=True (--resume) or choose another folder")
-    if resume and latest is None:
-        raise FileNotFoundError(f"out: no checkpoint to resume from in {out}")
 
     t0 = time.perf_counter()
     if cache_dir is None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lmspec import backends, reference
-from lmspec.align import loop as L
+from lmspec.align import gradients as L
 from lmspec.align import tasks as T
 from lmspec.spec._model_config import ModelConfig, init_params
 

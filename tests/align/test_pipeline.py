@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lmspec.align.loop import AlignConfig, align, weights_landed
+from lmspec.align.gradients import weights_landed
+from lmspec.align.loop import AlignConfig, align
 from lmspec.conformance.cli import main
 from lmspec.train import checkpoint as ckpt
 from lmspec.train.loop import RunConfig, read_metrics, train

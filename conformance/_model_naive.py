@@ -139,7 +139,8 @@ def group_scales(grads) -> dict[str, float]:
 def loss_aligned(params, arrays, cfg, dtype, n_tokens: int | None = None) -> float:
     """What rounding the logits can cost the loss at most, to first order: the logits' worst
     naive error per token propagated with aligned signs, sum_t ||dloss/dlogits_t||_1
-    max_v |dlogits_t|, over the valid targets, / n_tokens (default: their count)."""
+    max_v |dlogits_t|, over the valid targets, / n_tokens (default: their count); with
+    ``arrays["weights"]`` each token's term times |w_t|."""
     fwd = {n: arrays.get(n) for n in ("tokens", "positions", "segment_ids")}
     logits = ref("model", params, fwd, cfg)[0]
     rough = np.asarray(naive("model", params, fwd, cfg, dtype, (logits, None))[0], np.float64)
@@ -151,6 +152,8 @@ def loss_aligned(params, arrays, cfg, dtype, n_tokens: int | None = None) -> flo
     d = np.exp(lg - lse[:, None])
     d[np.arange(len(tg))[keep], tg[keep]] -= 1
     w = np.abs(d).sum(-1) + 2 * cfg.z_loss * np.abs(lse)  # ||dloss/dlogits_t||_1 (x n)
+    if arrays.get("weights") is not None:
+        w = w * np.abs(np.asarray(arrays["weights"], np.float64).reshape(-1))
     n = int(keep.sum()) if n_tokens is None else int(n_tokens)
     return float(np.sum((w * err)[keep]) / max(n, 1))
 

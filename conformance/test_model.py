@@ -28,6 +28,7 @@ from lmspec.conformance._model_naive import ref as _ref
 from lmspec.spec import Case
 from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for
 from lmspec.spec.model import COMPONENT, FAMILIES, MoEConfig, init_params, model_cases
+from lmspec.spec.train_step import WEIGHT_VALUES
 
 STEM = COMPONENT.stem
 OPT = ("positions", "segment_ids")
@@ -119,32 +120,51 @@ def test_forward(target, case):
 def test_loss_and_gradients(target, case):
     """The loss (cross-entropy, z-loss and MoE terms) and every trainable parameter's
     gradient, each judged by the tolerance policy."""
+    _loss_and_gradients(target, case, "")
+
+
+@PROPERTY
+@given(case=model_cases(), data=st.data())
+def test_weighted_loss_and_gradients(target, case, data):
+    """The same with per-target weights (alignment losses as a weighted cross-entropy):
+    weights of both signs and zero, exact in every dtype, drawn per target."""
+    tg = case.arrays["targets"]
+    idx = data.draw(st.lists(st.integers(0, len(WEIGHT_VALUES) - 1), min_size=tg.size,
+                             max_size=tg.size), label="weight indices")
+    weights = WEIGHT_VALUES[np.asarray(idx, np.int64)].reshape(tg.shape)
+    _loss_and_gradients(target, case, "weighted_", weights)
+
+
+def _loss_and_gradients(target, case, prefix: str, weights=None) -> None:
+    """Judged as the tests ``{prefix}loss`` and ``{prefix}gradient``."""
     _require(target, "model_grad")
     cfg, dt = case.params["config"], target.np_dtype
     params = _params64(case, dt)
     _not_a_knife_edge(target, case, params)
     arrays = dict(_inputs(case), targets=case.arrays["targets"])
-    got = _backend(target, "model_grad", params, arrays, cfg)
+    kw = {} if weights is None else {"weights": weights}
+    got = _backend(target, "model_grad", params, arrays, cfg, **kw)
     if got is None:
         return
-    ref_loss, ref_m, ref_g = _ref("model_grad", params, arrays, cfg)
+    ref_loss, ref_m, ref_g = _ref("model_grad", params, arrays, cfg, **kw)
     nv_loss, _, nv_g = _naive("model_grad", params, arrays, cfg, dt,
-                              (np.asarray(ref_loss), ref_m, ref_g))
+                              (np.asarray(ref_loss), ref_m, ref_g), **kw)
     check._require_in_range(STEM, [ref_loss, *ref_g.values()], [nv_loss, *nv_g.values()],
                             target)
     loss, metrics, grads = got
-    nv_loss = loss_naive(params, arrays, cfg, dt, np.asarray(ref_loss), nv_loss)
-    _judge(target, "loss", "loss", loss, np.asarray(ref_loss), np.asarray(nv_loss), case)
+    nv_loss = loss_naive(params, dict(arrays, **kw), cfg, dt, np.asarray(ref_loss), nv_loss)
+    _judge(target, prefix + "loss", "loss", loss, np.asarray(ref_loss), np.asarray(nv_loss),
+           case)
     if int(metrics["n_tokens"]) != ref_m["n_tokens"]:
         check.fail(f"metrics['n_tokens'] {metrics['n_tokens']} != {ref_m['n_tokens']}",
-                   target, STEM, "loss", "n_tokens", case)
+                   target, STEM, prefix + "loss", "n_tokens", case)
     missing = sorted(set(ref_g) - set(grads))
     if missing:
-        check.fail(f"no gradient returned for {missing[:4]}", target, STEM, "gradient",
-                   missing[0], case)
+        check.fail(f"no gradient returned for {missing[:4]}", target, STEM,
+                   prefix + "gradient", missing[0], case)
     scales = _group_scales(ref_g)
     for name in ref_g:
-        _judge(target, "gradient", name, grads[name], ref_g[name], nv_g[name], case,
+        _judge(target, prefix + "gradient", name, grads[name], ref_g[name], nv_g[name], case,
                kind="gradient", magnitude=scales[_group(name)])
 
 

@@ -356,7 +356,21 @@ def mtp_targets(targets, segment_ids, k: int):
     return tg
 
 
-def _loss(logits, stats, tokens, targets, config, n_tokens, recs=(), segment_ids=None):
+def _weighted_ce(flat, tg, weights, n: int, z_loss: float):
+    """sum_{valid i} w_i CE_i / max(n, 1) and its d / d logits: each row's CE is
+    ``cross_entropy`` of that row alone (0 on an ignored row), its gradient that row's
+    cotangent scaled by w_i / max(n, 1)."""
+    w = f(np.asarray(weights, np.float64).reshape(-1))  # (N,)
+    per = np.array([cross_entropy(flat[i:i + 1], tg[i:i + 1], z_loss=z_loss)
+                    for i in range(len(tg))], dtype=f(0.0).dtype)  # (N,)
+    ce = f(sum_(f(w * per)) / c(max(n, 1)))
+    g = cross_entropy_vjp(c(1.0), flat, tg, z_loss=z_loss)["logits"]  # (N, V) / n_valid
+    n_valid = max(int(np.sum(tg != IGNORE_INDEX)), 1)
+    return ce, f(g * f(w * c(n_valid / max(n, 1)))[:, None])
+
+
+def _loss(logits, stats, tokens, targets, config, n_tokens, recs=(), segment_ids=None,
+          weights=None):
     """loss, metrics, d loss / d logits, d loss / d each MTP module's logits; records the
     balance terms' cotangents in stats."""
     v = logits.shape[-1]
@@ -367,8 +381,11 @@ def _loss(logits, stats, tokens, targets, config, n_tokens, recs=(), segment_ids
         raise ValueError(f"n_tokens: expected >= the {n_valid} valid targets, got {n_tokens}")
     ratio = n_valid / max(n, 1)
     flat = logits.reshape(-1, v)
-    ce = f(cross_entropy(flat, tg, z_loss=config.z_loss) * c(ratio))
-    dlogits = cross_entropy_vjp(c(ratio), flat, tg, z_loss=config.z_loss)["logits"]
+    if weights is None:
+        ce = f(cross_entropy(flat, tg, z_loss=config.z_loss) * c(ratio))
+        dlogits = cross_entropy_vjp(c(ratio), flat, tg, z_loss=config.z_loss)["logits"]
+    else:
+        ce, dlogits = _weighted_ce(flat, tg, weights, n, config.z_loss)
     balance = c(0.0)
     m, b = config.moe, np.asarray(tokens).shape[0]
     loads = []
@@ -410,24 +427,24 @@ def _check_targets(tokens, targets) -> None:
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *, config,
-               n_tokens=None):
-    check_args(params, tokens, positions, segment_ids, None, config=config)
+               n_tokens=None, weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
     _check_targets(tokens, targets)
     logits, _, stats, *_, recs = _forward(params, tokens, positions, segment_ids, None, config,
                                           mtp=True)
     loss, metrics, *_ = _loss(logits, stats, tokens, targets, config, n_tokens, recs,
-                              segment_ids)
+                              segment_ids, weights)
     return loss, metrics
 
 
 def model_grad(params, tokens, targets, positions=None, segment_ids=None, *, config,
-               n_tokens=None):
-    check_args(params, tokens, positions, segment_ids, None, config=config)
+               n_tokens=None, weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
     _check_targets(tokens, targets)
     logits, _, stats, tape, P, toks, recs = _forward(params, tokens, positions, segment_ids,
                                                      None, config, mtp=True)
     loss, metrics, dlogits, d_mtp = _loss(logits, stats, tokens, targets, config, n_tokens,
-                                          recs, segment_ids)
+                                          recs, segment_ids, weights)
     return loss, metrics, _backward(dlogits, tape, P, toks, config, recs, d_mtp)
 
 

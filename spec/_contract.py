@@ -97,3 +97,11 @@ def is_integer_array(a: Any) -> bool:
     """True for integer arrays of NumPy, torch, JAX (anything with a dtype named like one)."""
     name = str(getattr(a, "dtype", "")).replace("torch.", "")
     return name.startswith(("int", "uint"))
+
+
+def host(a: Any) -> np.ndarray:
+    """A NumPy, torch or JAX array as NumPy on the host (bfloat16 tensors as float32)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu()
+        return a.float().numpy() if str(a.dtype) == "torch.bfloat16" else a.numpy()
+    return np.asarray(a)

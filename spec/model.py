@@ -12,7 +12,15 @@ import numpy as np
 from hypothesis import strategies as st
 
 from lmspec.spec import _strategies as S
-from lmspec.spec._contract import Case, Component, ErrorCase, is_integer_array, require, shape_of
+from lmspec.spec._contract import (
+    Case,
+    Component,
+    ErrorCase,
+    host,
+    is_integer_array,
+    require,
+    shape_of,
+)
 from lmspec.spec._model_config import (
     IGNORE_INDEX,
     PRESETS,
@@ -34,7 +42,8 @@ from lmspec.spec.rope import scalings
 
 __all__ = [
     "IGNORE_INDEX", "PRESETS", "COMPONENT", "HybridConfig", "MLAConfig", "ModelConfig",
-    "MoEConfig", "active_params_per_token", "cache_shapes", "check_args", "default_positions",
+    "MoEConfig", "active_params_per_token", "cache_shapes", "check_args", "check_weights",
+    "default_positions",
     "init_params", "kv_cache_bytes_per_token", "lightning_log_decay", "model", "model_configs",
     "model_grad", "model_loss", "n_params", "param_kind", "param_shapes", "preset", "trainable",
 ]
@@ -120,7 +129,7 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
     """The training loss; returns ``(loss, metrics)``.
 
     ``targets`` (B, T) integer: the next token of each position, or ``IGNORE_INDEX`` (-100).
@@ -128,7 +137,7 @@ def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
     accumulation loop passes the count of the whole accumulated batch so that the sum of the
     micro-batch losses is the loss of the whole batch) and logits from ``model``::
 
-        ce      = sum_{valid i} (lse_i - logits_i[t_i] + z_loss * lse_i**2) / max(n, 1)
+        ce      = sum_{valid i} w_i (lse_i - logits_i[t_i] + z_loss * lse_i**2) / max(n, 1)
         balance = sum over MoE layers of moe.balance_coef
                   * moe_balance_loss(scores, ids, kind=moe.balance_loss, n_seq=B)
                   + moe.router_z_coef * moe_balance_loss(logits_r, None, kind="z")
@@ -136,7 +145,13 @@ def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
         loss    = ce + balance + mtp
 
     (the balance terms count every token of the call, padding included; the cross-entropy
-    term is ``cross_entropy``'s, times n_valid / n). ``loss`` is a 0-d float in float32 or
+    term is ``cross_entropy``'s, times n_valid / n, when unweighted). ``weights``: None (every
+    w_i = 1, bit-identical to the unweighted loss) or a real float (B, T) array of per-target
+    weights, any sign (an alignment loss L of the targets' log-probabilities has gradient
+    sum_i (dL/dlogp_i) dlogp_i/dtheta, i.e. this ce's with w_i = -dL/dlogp_i); weights never
+    change n, and the MTP and balance terms stay unweighted. metrics["ce"] is the weighted
+    term. Rejected: weights of another shape or non-finite (ValueError naming ``weights``),
+    integer or bool (TypeError). ``loss`` is a 0-d float in float32 or
     wider; ``metrics`` maps "ce", "balance", "mtp" (floats), "n_tokens" (int, the valid count)
     and "loads" ((n_moe_layers, E) integer assignments per expert, the input of
     ``moe_bias_update``; the main stack's MoE layers, then the MTP modules').
@@ -159,16 +174,17 @@ def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
     predictions; the two differ by the k positions per sequence that have none). ``model``
     does not run the MTP modules.
     """
-    check_args(params, tokens, None, segment_ids, None, config=config)
+    check_args(params, tokens, None, segment_ids, None, config=config, weights=weights)
     raise NotImplementedError("lmspec.spec states the contract; lmspec.reference computes it")
 
 
 def model_grad(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
     """``model_loss`` and its gradient; returns ``(loss, metrics, grads)``, ``grads`` a
     mapping over ``trainable(config)`` (every parameter but buffers), each of its parameter's
-    shape and dtype (in the reference: float64, by the components' hand-written VJPs)."""
-    check_args(params, tokens, None, segment_ids, None, config=config)
+    shape and dtype (in the reference: float64, by the components' hand-written VJPs);
+    ``weights`` as in ``model_loss``."""
+    check_args(params, tokens, None, segment_ids, None, config=config, weights=weights)
     raise NotImplementedError("lmspec.spec states the contract; lmspec.reference computes it")
 
 
@@ -198,8 +214,20 @@ def cached_length(caches) -> int:
     return 0
 
 
+def check_weights(weights, shape: tuple, name: str = "weights") -> None:
+    """Per-target loss weights: None, or a finite real float array of the targets' shape."""
+    if weights is None:
+        return
+    got = shape_of(weights)
+    require(got == tuple(shape), ValueError, f"{name}: expected shape {tuple(shape)}, got {got}")
+    w = host(weights)
+    require(not is_integer_array(weights) and w.dtype.kind == "f", TypeError,
+            f"{name}: expected a real float array")
+    require(bool(np.all(np.isfinite(w))), ValueError, f"{name}: expected finite values")
+
+
 def check_args(params, tokens, positions=None, segment_ids=None, caches=None, *,
-               config: ModelConfig) -> None:
+               config: ModelConfig, weights=None) -> None:
     require(isinstance(config, ModelConfig), TypeError,
             f"config: expected a ModelConfig, got {type(config).__name__}")
     want = param_shapes(config)
@@ -219,6 +247,7 @@ def check_args(params, tokens, positions=None, segment_ids=None, caches=None, *,
             require(shape_of(a) == ts, ValueError, f"{name}: expected shape {ts}, got "
                     f"{shape_of(a)}")
             require(is_integer_array(a), TypeError, f"{name}: expected an integer array")
+    check_weights(weights, ts)
     if segment_ids is not None:
         require(caches is None, ValueError, "segment_ids: not allowed together with caches")
         require("linear" not in config.layer_kinds(), ValueError,

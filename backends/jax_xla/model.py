@@ -194,8 +194,20 @@ def _mtp_targets(targets, seg, k: int):
     return tg if seg is None else jnp.where(_shifted(seg, k, -1) != seg, IGNORE_INDEX, tg)
 
 
-def _objective(train, buffers, tokens, targets, pos, seg, n_div, config: ModelConfig):
-    """loss (0-d f32) and (ce, balance, mtp, loads (n_moe, E) int32); n_div = max(n, 1)."""
+def _weighted(lg, tg, w, n_div, z_loss: float):
+    """sum_i w_i CE_i / n_div: cross_entropy (its fused forward and backward) of each row
+    alone, vmapped (0 on an ignored row), so the rounding is the unweighted path's."""
+    v = lg.shape[-1]
+    per = jax.vmap(lambda r, t: cross_entropy(r[None], t[None], z_loss=z_loss))(
+        lg.reshape(-1, v), tg.reshape(-1))  # (N,)
+    return jnp.sum(per * w.reshape(-1).astype(jnp.float32)) / n_div
+
+
+def _objective(train, buffers, tokens, targets, pos, seg, n_div, config: ModelConfig,
+               weights=None):
+    """loss (0-d f32) and (ce, balance, mtp, loads (n_moe, E) int32); n_div = max(n, 1).
+    ``weights`` None (a pytree leaf of its own: unweighted calls compile as before) or (B, T)
+    float32 per-target weights of the main head's CE."""
     logits, _, routers, mtp_logits = _forward({**train, **buffers}, tokens, pos, seg, None,
                                               config, mtp=True)
     v = logits.shape[-1]
@@ -205,7 +217,8 @@ def _objective(train, buffers, tokens, targets, pos, seg, n_div, config: ModelCo
         return cross_entropy(lg.reshape(-1, v), tg.reshape(-1), z_loss=config.z_loss) * (
             n_k / n_div)
 
-    ce = summed(logits, targets)
+    ce = summed(logits, targets) if weights is None else _weighted(
+        logits, targets, weights, n_div, config.z_loss)
     mtp = jnp.float32(0.0)
     for k, lg in enumerate(mtp_logits, 1):
         mtp = mtp + summed(lg, _mtp_targets(targets, seg, k)) * (
@@ -261,7 +274,9 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
     return logits, (new_caches if use_cache or caches is not None else None)
 
 
-def _loss_inputs(params, tokens, targets, positions, segment_ids, config, n_tokens):
+def _loss_inputs(params, tokens, targets, positions, segment_ids, config, n_tokens,
+                 weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
     toks, pos, seg = _prepare(params, tokens, positions, segment_ids, None, config)
     tg = np.asarray(targets)
     if tg.shape != tuple(toks.shape):
@@ -277,7 +292,8 @@ def _loss_inputs(params, tokens, targets, positions, segment_ids, config, n_toke
     train = {k: a for k, a in params.items() if k in names}
     buffers = {k: a for k, a in params.items() if k not in names}
     n_div = jnp.float32(max(n, 1))  # traced: no recompile per count
-    return (train, buffers, toks, _int32(tg), pos, seg, n_div), n_valid
+    w = None if weights is None else jnp.asarray(np.asarray(weights, np.float32))
+    return (train, buffers, toks, _int32(tg), pos, seg, n_div), w, n_valid
 
 
 def _metrics(aux, n_valid: int) -> dict:
@@ -287,16 +303,16 @@ def _metrics(aux, n_valid: int) -> dict:
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
-    args, n_valid = _loss_inputs(params, tokens, targets, positions, segment_ids, config,
-                                 n_tokens)
-    loss, aux = _loss_jit(*args, config=config)
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
+    args, w, n_valid = _loss_inputs(params, tokens, targets, positions, segment_ids, config,
+                                    n_tokens, weights)
+    loss, aux = _loss_jit(*args, config=config, weights=w)
     return loss, _metrics(aux, n_valid)
 
 
 def model_grad(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
-    args, n_valid = _loss_inputs(params, tokens, targets, positions, segment_ids, config,
-                                 n_tokens)
-    (loss, aux), grads = _grad_jit(*args, config=config)
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
+    args, w, n_valid = _loss_inputs(params, tokens, targets, positions, segment_ids, config,
+                                    n_tokens, weights)
+    (loss, aux), grads = _grad_jit(*args, config=config, weights=w)
     return loss, _metrics(aux, n_valid), {n: grads[n] for n in trainable(config)}

@@ -295,14 +295,18 @@ def _loss(P, tokens, targets, positions, segment_ids, config: ModelConfig, n_tok
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
-    check_args(params, tokens, positions, segment_ids, None, config=config)
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
+    if weights is not None:  # HF's ForCausalLMLoss has no per-token weights to compare with
+        raise NotImplementedError("peers: weights (per-target loss weights) in model_loss")
     return _loss(params, tokens, targets, positions, segment_ids, config, n_tokens)
 
 
 def model_grad(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
-    check_args(params, tokens, positions, segment_ids, None, config=config)
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
+    if weights is not None:  # HF's ForCausalLMLoss has no per-token weights to compare with
+        raise NotImplementedError("peers: weights (per-target loss weights) in model_grad")
     names = trainable(config)
     wrt = set(names)
     leaves = {n: p.detach().requires_grad_(n in wrt) for n, p in params.items()}

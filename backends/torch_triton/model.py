@@ -266,25 +266,28 @@ class _HeadCrossEntropy(torch.autograd.Function):
     loss's own term (the backward scales the saved gradients by the incoming scalar)."""
 
     @staticmethod
-    def forward(ctx, h, w, t, z_loss: float):
+    def forward(ctx, h, w, t, z_loss: float, wt=None):
         n, v = h.shape[0], w.shape[1]
         rows = max(1, _CE_CHUNK_BYTES // (4 * v))
         total = h.new_zeros((), dtype=h.dtype)
         dh, dw = torch.empty_like(h), torch.zeros_like(w)
         for i0 in range(0, n, rows):
             hc, tc = h[i0:i0 + rows], t[i0:i0 + rows]
+            # per-row scale: 1 on valid rows (unweighted), or the row's weight w_i
+            scale = valid_scale(tc, None if wt is None else wt[i0:i0 + rows], h.dtype)
             z = hc @ w  # (c, V)
             lse = torch.logsumexp(z, dim=-1)  # (c,)
             valid = tc != IGNORE_INDEX
             tsafe = torch.where(valid, tc, 0)
             picked = z.gather(1, tsafe[:, None])[:, 0]
             term = lse - picked + z_loss * lse * lse
-            total = total + torch.where(valid, term, 0.0).sum()
+            kept = torch.where(valid, term, 0.0) if wt is None else term * scale
+            total = total + kept.sum()
             g = z.sub_(lse[:, None]).exp_()  # softmax, in the logits' buffer
             if z_loss:
                 g.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
             g[torch.arange(len(tc), device=g.device), tsafe] -= 1.0
-            g.mul_(valid[:, None].to(g.dtype))  # ignored rows: no gradient
+            g.mul_(scale[:, None])  # ignored rows: no gradient
             dh[i0:i0 + rows] = g @ w.T
             dw.addmm_(hc.T, g)
         ctx.save_for_backward(dh, dw)
@@ -293,7 +296,26 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         dh, dw = ctx.saved_tensors
-        return dh * g, dw * g, None, None
+        return dh * g, dw * g, None, None, None
+
+
+def valid_scale(t: torch.Tensor, wt: torch.Tensor | None, dtype) -> torch.Tensor:
+    """(c,) 1 (or w_i) on valid rows, 0 on ignored ones (where() keeps a weight out)."""
+    valid = t != IGNORE_INDEX
+    return valid.to(dtype) if wt is None else torch.where(valid, wt.to(dtype), 0.0)
+
+
+def _weighted_rows_ce(logits, t, wt, z_loss: float, n: int) -> torch.Tensor:
+    """sum_{valid i} w_i CE_i / max(n, 1), wide: the rounding of the unweighted torch path
+    (bf16/fp16 logits upcast to float32 first, torch's log-softmax in that dtype, the z-loss
+    from its logsumexp), per row instead of summed; the Triton kernel has no weights."""
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    per = F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="none")  # (N,)
+    if z_loss > 0.0:
+        lse = torch.logsumexp(logits, dim=-1)
+        per = per + z_loss * lse * lse
+    return (per * valid_scale(t, wt, per.dtype)).sum() / max(n, 1)
 
 
 def _check_targets(tokens, targets) -> None:
@@ -325,7 +347,8 @@ def _loads(stats: list, config: ModelConfig, device) -> torch.Tensor:
     return torch.stack(rows) if rows else torch.zeros((0, e), dtype=torch.int64, device=device)
 
 
-def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, n_tokens):
+def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, n_tokens,
+          weights=None):
     device = params["embed"].device
     tokens = torch.as_tensor(tokens, device=device)
     targets = torch.as_tensor(targets, device=device)
@@ -335,6 +358,7 @@ def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, 
     if n_tokens is not None and n_tokens < n_valid:
         raise ValueError(f"n_tokens: expected >= the {n_valid} valid targets, got {n_tokens}")
     n = n_valid if n_tokens is None else int(n_tokens)
+    wt = None if weights is None else torch.as_tensor(weights, device=device).reshape(-1)
     w = _head(params, config)
     fused = _fused_head_ok(w)
     out, _, stats, mtp_logits = _forward(params, tokens, positions, segment_ids, None,
@@ -343,12 +367,15 @@ def _loss(params, tokens, targets, positions, segment_ids, config: ModelConfig, 
     if fused:  # the same sum: every valid row's CE (+ z-loss), then / n
         check_targets(_host(targets), v, IGNORE_INDEX)
         ce = _HeadCrossEntropy.apply(out.reshape(-1, out.shape[-1]), w, targets.reshape(-1),
-                                     config.z_loss) / max(n, 1)
+                                     config.z_loss, wt) / max(n, 1)
+    elif wt is not None:
+        ce = _weighted_rows_ce(out.reshape(-1, v), targets.reshape(-1), wt, config.z_loss, n)
     else:
         ce = cross_entropy(out.reshape(-1, v), targets.reshape(-1), z_loss=config.z_loss)
     wide = torch.float64 if ce.dtype == torch.float64 else torch.float32
-    if not fused:
-        ce = ce.to(wide) * (n_valid / max(n, 1))  # mean over valid -> sum / n
+    if not fused and wt is None:
+        ce = ce.to(wide) * (n_valid / max(n, 1))
+    ce = ce.to(wide)  # mean over valid -> sum / n
     balance = _balance(stats, config, tokens.shape[0], ce)
     seg = _as_int(segment_ids, device)
     mtp = torch.zeros((), dtype=wide, device=device)
@@ -374,19 +401,20 @@ def _mtp_targets(targets: torch.Tensor, seg: torch.Tensor | None, k: int) -> tor
 
 
 def model_loss(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
-    check_args(params, tokens, positions, segment_ids, None, config=config)
-    return _loss(params, tokens, targets, positions, segment_ids, config, n_tokens)
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
+    return _loss(params, tokens, targets, positions, segment_ids, config, n_tokens, weights)
 
 
 def model_grad(params, tokens, targets, positions=None, segment_ids=None, *,
-               config: ModelConfig, n_tokens: int | None = None):
-    check_args(params, tokens, positions, segment_ids, None, config=config)
+               config: ModelConfig, n_tokens: int | None = None, weights=None):
+    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
     names = trainable(config)
     wrt = set(names)
     leaves = {n: p.detach().requires_grad_(n in wrt) for n, p in params.items()}
     with torch.enable_grad():
-        loss, metrics = _loss(leaves, tokens, targets, positions, segment_ids, config, n_tokens)
+        loss, metrics = _loss(leaves, tokens, targets, positions, segment_ids, config, n_tokens,
+                              weights)
         grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
     out = {n: torch.zeros_like(leaves[n]) if g is None else g.to(leaves[n].dtype)
            for n, g in zip(names, grads, strict=True)}

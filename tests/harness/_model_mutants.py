@@ -95,6 +95,20 @@ def _router_grad_dropped(params, tokens, targets, *args, **kw):
                            for n, g in grads.items()}
 
 
+def _weights_ignored(params, tokens, targets, *args, weights=None, **kw):
+    """The per-target weights dropped: every target weighs 1."""
+    return R.model_grad(params, tokens, targets, *args, **kw)
+
+
+def _weights_shifted(params, tokens, targets, *args, weights=None, **kw):
+    """Each target weighted by its left neighbour's weight (the off-by-one of a log-prob
+    window against its completion mask)."""
+    if weights is not None:
+        w = np.asarray(weights)
+        weights = np.concatenate([w[:, :1], w[:, :-1]], axis=1)
+    return R.model_grad(params, tokens, targets, *args, weights=weights, **kw)
+
+
 def _mtp_token_not_shifted(a, k, fill):
     """MTP module k reads t_{i+k-1} instead of t_{i+k} (the token shift is the one call with
     fill 0; the targets' and segment ids' shifts are right)."""
@@ -128,6 +142,10 @@ PLANTS = {
         ("all_softmax_hybrid_equals_dense",), None),
     "model_router_gradient_dropped": (contextlib.nullcontext, ("loss_and_gradients",),
                                       _router_grad_dropped),
+    "model_loss_weights_ignored": (contextlib.nullcontext, ("weighted_loss_and_gradients",),
+                                   _weights_ignored),
+    "model_loss_weights_shifted_by_one_target": (
+        contextlib.nullcontext, ("weighted_loss_and_gradients",), _weights_shifted),
     "model_mtp_reads_the_unshifted_token": (
         lambda: _patched(M, _shifted=_mtp_token_not_shifted), ("loss_and_gradients",), None),
 }

@@ -148,3 +148,38 @@ def test_mtp_targets_and_loss_by_hand():
     assert recs[0]["tokens"].tolist() == [[1, 4, 1, 5, 0]]
     # weight 0: the loss is the model's without MTP
     assert R.model_loss(p, tok, tg, config=cfg.replace(mtp_loss_weight=0.0))[0] == loss0
+
+
+def test_weighted_backward_equals_finite_differences():
+    """Per-target weights (negative, zero, positive) with z-loss and MTP: the hand-written
+    backward against central differences of the weighted loss; all-ones weights are the
+    unweighted loss."""
+    cfg = MTP_CASES["dense-packed"]
+    rng = np.random.default_rng(3)
+    tok = rng.integers(0, 9, (2, 5))
+    tg = np.concatenate([tok[:, 1:], np.full((2, 1), -100)], 1)
+    w = np.array([[-1.5, 0.0, 2.0, 0.5, 1.0], [1.0, -0.25, 0.0, 3.0, -2.0]])
+    p = M.init_params(cfg, 2, std=0.5, norm_std=0.3)
+
+    def loss(q):
+        return float(R.model_loss(q, tok, tg, config=cfg, weights=w)[0])
+
+    _, metrics, grads = R.model_grad(p, tok, tg, config=cfg, weights=w)
+    assert metrics["ce"] == R.model_loss(p, tok, tg, config=cfg, weights=w)[1]["ce"]
+    for pname, g in grads.items():
+        u, h = rng.standard_normal(g.shape), 1e-6
+        fd = (loss({**p, pname: p[pname] + h * u}) - loss({**p, pname: p[pname] - h * u})) / (
+            2 * h)
+        an = float(np.sum(g * u))
+        assert abs(fd - an) <= 1e-6 * (abs(fd) + abs(an)) + 1e-8, (pname, fd, an)
+    ones = R.model_grad(p, tok, tg, config=cfg, weights=np.ones((2, 5)))
+    plain = R.model_grad(p, tok, tg, config=cfg)
+    np.testing.assert_allclose(ones[0], plain[0], rtol=1e-12)
+    for n in plain[2]:
+        np.testing.assert_allclose(ones[2][n], plain[2][n], rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="weights"):
+        R.model_loss(p, tok, tg, config=cfg, weights=np.ones((2, 4)))
+    with pytest.raises(ValueError, match="weights"):
+        R.model_loss(p, tok, tg, config=cfg, weights=np.full((2, 5), np.nan))
+    with pytest.raises(TypeError, match="weights"):
+        R.model_loss(p, tok, tg, config=cfg, weights=np.ones((2, 5), np.int64))

@@ -72,6 +72,8 @@ def _setup(target, case: Case):
         params = {n: a.astype(np.float64) for n, a in params.items()}
         opt = {k: {n: a.astype(np.float64) for n, a in d.items()} for k, d in opt.items()}
     batch = {"tokens": case.arrays["tokens"], "targets": case.arrays["targets"]}
+    if case.arrays.get("weights") is not None:
+        batch["weights"] = case.arrays["weights"]
     pc = RT.cast(params, tc.compute_dtype)
     for a in range(batch["tokens"].shape[0]):
         mb = micro_batch(batch, a)
@@ -98,12 +100,13 @@ def _naive_step(params, opt, batch, step, cfg, tc, target):
     dt = target.np_dtype
     exact_runs = []  # the float64 (loss, metrics, grads) of each micro-batch
 
-    def grad(pc, tokens, targets, positions, segment_ids, *, config, n_tokens):
+    def grad(pc, tokens, targets, positions, segment_ids, *, config, n_tokens, weights=None):
         arrays = {"tokens": tokens, "targets": targets, "positions": positions,
                   "segment_ids": segment_ids}
-        exact = RT.model_grad(pc, **arrays, config=config, n_tokens=n_tokens)
+        kw = {"n_tokens": n_tokens, "weights": weights}
+        exact = RT.model_grad(pc, **arrays, config=config, **kw)
         exact_runs.append(exact)
-        return model_naive("model_grad", pc, arrays, config, dt, exact, n_tokens=n_tokens)
+        return model_naive("model_grad", pc, arrays, config, dt, exact, **kw)
 
     pc = RT.cast(params, tc.compute_dtype)
     loss, metrics, grads = RT.accumulate(pc, batch, model_config=cfg, grad=grad)

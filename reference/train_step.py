@@ -39,7 +39,7 @@ def accumulate(params_c, batch, *, model_config, grad=model_grad):
     for a in range(a_count):
         mb = micro_batch(batch, a)
         la, ma, ga = grad(params_c, mb["tokens"], mb["targets"], mb["positions"],
-                          mb["segment_ids"], config=cfg, n_tokens=n)
+                          mb["segment_ids"], config=cfg, n_tokens=n, weights=mb["weights"])
         loss += float(la)
         for k in sums:
             sums[k] += float(ma.get(k, 0.0))

@@ -13,10 +13,19 @@ import numpy as np
 from hypothesis import strategies as st
 
 from lmspec.spec import _strategies as S
-from lmspec.spec._contract import Case, Component, ErrorCase, is_integer_array, require, shape_of
+from lmspec.spec._contract import (
+    Case,
+    Component,
+    ErrorCase,
+    host,
+    is_integer_array,
+    require,
+    shape_of,
+)
 from lmspec.spec.model import (
     IGNORE_INDEX,
     ModelConfig,
+    check_weights,
     init_params,
     model_configs,
     param_kind,
@@ -175,7 +184,9 @@ def train_step(params, opt_state, batch, step: int, *, model_config: ModelConfig
     Inputs: ``params`` the master weights, every name of ``param_shapes(model_config)``,
     float32 (float64 in the reference); ``opt_state`` as ``init_opt_state`` or an earlier
     step's; ``batch`` a mapping with ``tokens`` and ``targets`` of shape (A, B, T) (A
-    micro-batches of B rows) and optionally ``segment_ids`` and ``positions`` of that shape;
+    micro-batches of B rows) and optionally ``segment_ids`` and ``positions`` of that shape
+    and ``weights``, a real float array of that shape (per-target loss weights, passed to
+    ``model_grad`` per micro-batch: see ``model_loss``; alignment losses are such weights);
     ``step`` the number of optimizer steps already taken (0 first). Inputs are not modified.
 
     Math, with c = compute_dtype, ``cast_c`` rounding to it, and micro-batch a::
@@ -183,7 +194,8 @@ def train_step(params, opt_state, batch, step: int, *, model_config: ModelConfig
         n      = number of targets != IGNORE_INDEX over all A micro-batches
         P_c    = {name: cast_c(p)}                    (buffers too)
         cfg_a  = model_config with moe.balance_coef and moe.router_z_coef divided by A
-        g      = sum_a float32(model_grad(P_c, batch_a, config=cfg_a, n_tokens=n).grads)
+        g      = sum_a float32(model_grad(P_c, batch_a, config=cfg_a, n_tokens=n,
+                                          weights=weights_a).grads)
         loss   = sum_a that loss                      (= the whole batch's CE + mean balance)
         norm   = sqrt(sum over every trainable name of sum(g**2))       (float32)
         g      = g * min(1, max_grad_norm / (norm + 1e-6))   (torch's clip_grad_norm_)
@@ -203,14 +215,16 @@ def train_step(params, opt_state, batch, step: int, *, model_config: ModelConfig
     clipping), "clip" (the factor), "lr" (lr_t), "n_tokens" (n), "loads" ((n_moe, E)).
 
     Rejected (ValueError naming the argument): batch arrays not (A, B, T) of one shape, or
-    float tokens/targets (TypeError); a missing or extra parameter or moment; step < 0.
+    float tokens/targets/segment_ids/positions or integer weights (TypeError), non-finite
+    weights; a missing or extra parameter or moment; step < 0.
     """
     check_args(params, opt_state, batch, step, model_config=model_config,
                train_config=train_config)
     raise NotImplementedError("lmspec.spec states the contract; lmspec.reference computes it")
 
 
-BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions")
+BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions", "weights")
+INDEX_KEYS = BATCH_KEYS[:4]  # the integer ones
 
 
 def check_args(params, opt_state, batch, step, *, model_config, train_config) -> None:
@@ -245,8 +259,10 @@ def check_args(params, opt_state, batch, step, *, model_config, train_config) ->
         if batch.get(k) is not None:
             require(shape_of(batch[k]) == ts, ValueError,
                     f"batch[{k!r}]: expected shape {ts}, got {shape_of(batch[k])}")
-            require(is_integer_array(batch[k]), TypeError,
-                    f"batch[{k!r}]: expected an integer array")
+            if k in INDEX_KEYS:
+                require(is_integer_array(batch[k]), TypeError,
+                        f"batch[{k!r}]: expected an integer array")
+    check_weights(batch.get("weights"), ts, "batch['weights']")
 
 
 def n_valid(batch) -> int:
@@ -265,7 +281,8 @@ def micro_config(model_config: ModelConfig, a: int) -> ModelConfig:
 
 def micro_batch(batch, a: int) -> dict:
     """Micro-batch a of the batch: the model's (B, T) arguments."""
-    return {k: (None if batch.get(k) is None else np.asarray(batch[k])[a]) for k in BATCH_KEYS}
+    return {k: (None if batch.get(k) is None else host(batch[k])[a])
+            for k in BATCH_KEYS}
 
 
 def clip_factor(norm: float, max_grad_norm: float | None) -> float:
@@ -292,6 +309,10 @@ def train_configs(draw) -> TrainConfig:
         bias_update_rate=draw(st.sampled_from((0.0, 1e-3))))
 
 
+# exact in every dtype, both signs, zero (a target that counts in n but not in the loss)
+WEIGHT_VALUES = np.array([-1.5, -0.5, 0.0, 0.25, 1.0, 2.0])
+
+
 @st.composite
 def train_cases(draw, family: str | None = None) -> Case:
     """A tiny model, an (A, B, T) batch whose micro-batches hold different token counts, a
@@ -305,7 +326,10 @@ def train_cases(draw, family: str | None = None) -> Case:
     targets = np.concatenate([tokens[..., 1:], np.full((a, b, 1), IGNORE_INDEX)], -1)
     drop = rng.random((a, b, t)) < draw(st.sampled_from((0.0, 0.5)))  # uneven counts
     fresh = draw(st.booleans())
-    return Case({"tokens": tokens, "targets": np.where(drop, IGNORE_INDEX, targets)},
+    arrays = {"tokens": tokens, "targets": np.where(drop, IGNORE_INDEX, targets)}
+    if draw(st.booleans()):  # per-target weights as alignment losses make them: any sign
+        arrays["weights"] = rng.choice(WEIGHT_VALUES, (a, b, t))
+    return Case(arrays,
                 {"config": config, "train": draw(train_configs()), "seed": seed,
                  "std": draw(st.sampled_from((0.3, 1.0))), "fresh": fresh,
                  "step": 0 if fresh else draw(st.sampled_from((1, 5, 12)))})
@@ -352,6 +376,12 @@ COMPONENT = Component(
             k: v[0] for k, v in kw["batch"].items()}), ValueError, r"batch\['tokens'\]"),
         ErrorCase("float targets", _bad(batch=lambda kw: {
             **kw["batch"], "targets": np.zeros((1, 1, 3))}), TypeError, r"batch\['targets'\]"),
+        ErrorCase("integer weights", _bad(batch=lambda kw: {
+            **kw["batch"], "weights": np.ones((1, 1, 3), np.int64)}), TypeError,
+                  r"batch\['weights'\]"),
+        ErrorCase("a NaN weight", _bad(batch=lambda kw: {
+            **kw["batch"], "weights": np.full((1, 1, 3), np.nan)}), ValueError,
+                  r"batch\['weights'\]"),
         ErrorCase("a missing moment", _bad(opt_state=lambda kw: {
             "m": {}, "v": kw["opt_state"]["v"]}), ValueError, r"opt_state\['m'\]"),
         ErrorCase("a negative step", _bad(step=-1), ValueError, r"step"),

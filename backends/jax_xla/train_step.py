@@ -29,7 +29,7 @@ _DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "bfloat16": jnp.bfloa
 
 
 @functools.partial(jax.jit, static_argnames=("model_config", "train_config"))
-def _step(params, m, v, tokens, targets, pos, seg, n_div, lr, bc1, bc2, *, model_config,
+def _step(params, m, v, tokens, targets, pos, seg, wts, n_div, lr, bc1, bc2, *, model_config,
           train_config):
     tc, cfg = train_config, model_config
     cdt = _DTYPES[tc.compute_dtype]
@@ -41,8 +41,9 @@ def _step(params, m, v, tokens, targets, pos, seg, n_div, lr, bc1, bc2, *, model
 
     def one(carry, xs):  # one micro-batch: its gradients and sums added to the carry
         grads, sums, loads = carry
-        tok, tg, ps, sg = xs
-        (loss, (ce, bal, mtp, ld)), g = grad_fn(train, buffers, tok, tg, ps, sg, n_div, micro)
+        tok, tg, ps, sg, w = xs
+        (loss, (ce, bal, mtp, ld)), g = grad_fn(train, buffers, tok, tg, ps, sg, n_div, micro,
+                                                w)
         grads = {k: grads[k] + g[k].astype(jnp.float32) for k in names}
         return (grads, sums + jnp.stack([loss, ce, bal, mtp]).astype(jnp.float32),
                 loads + ld), None
@@ -51,8 +52,9 @@ def _step(params, m, v, tokens, targets, pos, seg, n_div, lr, bc1, bc2, *, model
     n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers + cfg.mtp_depth))
     init = ({k: jnp.zeros(params[k].shape, jnp.float32) for k in names},
             jnp.zeros(4, jnp.float32), jnp.zeros((n_moe, e), jnp.int32))
-    # a scan over the micro-batches: one compiled body whatever their number
-    (grads, sums, loads), _ = jax.lax.scan(one, init, (tokens, targets, pos, seg))
+    # a scan over the micro-batches: one compiled body whatever their number (None weights
+    # and segment ids are empty pytrees: an unweighted step compiles as before)
+    (grads, sums, loads), _ = jax.lax.scan(one, init, (tokens, targets, pos, seg, wts))
     norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
     clip = (jnp.float32(1.0) if tc.max_grad_norm is None else
             jnp.minimum(1.0, tc.max_grad_norm / (norm + 1e-6)))
@@ -88,13 +90,15 @@ def train_step(params, opt_state, batch, step, *, model_config, train_config):
     if pos is None:
         pos = np.stack([default_positions(b, t, None if seg is None else np.asarray(seg)[a])
                         for a in range(a_count)])
+    w = batch.get("weights")
+    wts = None if w is None else jnp.asarray(np.asarray(w, np.float32))
     n = n_valid(batch)
     lr = lr_at(int(step), tc.lr, tc.schedule)
     k = int(step) + 1
     scalars = [jnp.float32(x) for x in (max(n, 1), lr, 1 - tc.beta1 ** k, 1 - tc.beta2 ** k)]
     new_p, new_m, new_v, sums, norm, clip, loads = _step(
         dict(params), dict(opt_state["m"]), dict(opt_state["v"]), _int32(toks), _int32(tg),
-        _int32(pos), _int32(seg), *scalars, model_config=model_config, train_config=tc)
+        _int32(pos), _int32(seg), wts, *scalars, model_config=model_config, train_config=tc)
     loss, ce, bal, mtp = (float(x) for x in np.asarray(sums))
     return new_p, {"m": new_m, "v": new_v}, {
         "loss": loss, "ce": ce, "balance": bal, "mtp": mtp, "grad_norm": float(norm),

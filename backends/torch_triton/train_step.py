@@ -41,7 +41,8 @@ def train_step(params, opt_state, batch, step, *, model_config, train_config):
     for a in range(a_count):
         mb = micro_batch(batch, a)
         loss, metrics, g = model_grad(pc, mb["tokens"], mb["targets"], mb["positions"],
-                                      mb["segment_ids"], config=cfg, n_tokens=n)
+                                      mb["segment_ids"], config=cfg, n_tokens=n,
+                                      weights=mb["weights"])
         sums["loss"] += float(loss)
         for k in ("ce", "balance", "mtp"):
             sums[k] += float(metrics[k])

@@ -110,6 +110,15 @@ def _master_in_bf16(fn):
     return run
 
 
+def _weights_dropped(fn):
+    """The batch's per-target weights never reach the model: every target weighs 1."""
+    @functools.wraps(fn)
+    def run(params, opt_state, batch, *args, **kw):
+        return fn(params, opt_state, {k: v for k, v in batch.items() if k != "weights"},
+                  *args, **kw)
+    return run
+
+
 PLANTS = {
     # name: (patch, catches, dtypes, wrap)
     "train_weight_decay_coupled_into_the_gradient": (
@@ -128,6 +137,8 @@ PLANTS = {
         ("float32",), None),
     "train_master_weights_in_bfloat16": (contextlib.nullcontext, ("step",), ("bfloat16",),
                                          _master_in_bf16),
+    "train_batch_weights_dropped": (contextlib.nullcontext, ("step",), ("float32",),
+                                    _weights_dropped),
 }
 
 

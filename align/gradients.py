@@ -14,7 +14,6 @@ import numpy as np
 from lmspec import reference
 from lmspec.align.tasks import IGNORE_INDEX
 from lmspec.spec._model_config import ModelConfig
-from lmspec.spec.train_step import BATCH_KEYS
 
 
 def token_logp(b, p, config: ModelConfig, rows: dict[str, np.ndarray]) -> np.ndarray:
@@ -26,11 +25,6 @@ def token_logp(b, p, config: ModelConfig, rows: dict[str, np.ndarray]) -> np.nda
     valid = tg != IGNORE_INDEX
     picked = np.take_along_axis(lp, np.where(valid, tg, 0)[..., None], -1)[..., 0]
     return np.where(valid, picked, 0.0)
-
-
-def weights_landed() -> bool:
-    """Whether the spec's train_step takes per-target weights (what DPO and GRPO need)."""
-    return "weights" in BATCH_KEYS
 
 
 def token_weights(mask: np.ndarray, dlogp: np.ndarray) -> np.ndarray:

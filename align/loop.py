@@ -40,7 +40,6 @@ from lmspec.align.gradients import (
     grpo_gradients,
     token_logp,
     token_weights,
-    weights_landed,
 )
 from lmspec.spec._model_config import ModelConfig, n_params
 from lmspec.spec.train_step import Schedule, TrainConfig, init_opt_state
@@ -344,9 +343,6 @@ def align(cfg: AlignConfig, out: str | Path, *, resume: bool = False,
                                            "grpo": ("grpo_loss",)}.get(cfg.stage, ()):
         if not b.has(stem):
             raise ValueError(f"backend: {cfg.backend} implements no {stem}")
-    if cfg.stage != "sft" and not weights_landed():
-        raise ValueError(f"stage: {cfg.stage} needs train_step's per-target weights "
-                         "(batch['weights']), which this lmspec does not have yet")
     latest = checkpoint_to_resume(out, resume)
     policy = load_policy(cfg.init)
     ref = None if cfg.stage == "sft" else load_policy(cfg.ref or cfg.init, "ref")

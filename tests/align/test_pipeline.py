@@ -11,15 +11,12 @@ import shutil
 import numpy as np
 import pytest
 
-from lmspec.align.gradients import weights_landed
 from lmspec.align.loop import AlignConfig, align
 from lmspec.conformance.cli import main
 from lmspec.train import checkpoint as ckpt
 from lmspec.train.loop import RunConfig, read_metrics, train
 
 pytest.importorskip("torch")
-needs_weights = pytest.mark.skipif(not weights_landed(),
-                                   reason="dpo and grpo need train_step's per-target weights")
 
 TINY = dict(eval_every=2, eval_size=4, log_every=1, ckpt_every=2, batch_size=3,
             max_new_tokens=4, seq_len=48, warmup_steps=0)
@@ -56,14 +53,6 @@ def test_sft(pre, tmp_path):
     assert info["align"]["stage"] == "sft" and (sft / "vocab.json").exists()
 
 
-def test_dpo_and_grpo_wait_for_the_weights(pre, tmp_path):
-    if weights_landed():
-        pytest.skip("the weights have landed")
-    with pytest.raises(ValueError, match="per-target weights"):
-        _align(tmp_path / "d", stage="dpo", init=str(pre))
-
-
-@needs_weights
 def test_sft_then_dpo_and_grpo(pre, tmp_path):
     sft = tmp_path / "sft"
     _align(sft, stage="sft", init=str(pre), steps=4)
@@ -83,7 +72,6 @@ def test_sft_then_dpo_and_grpo(pre, tmp_path):
     assert all(v >= 0 for _, v in _metric(grpo, "train", "kl"))  # k3 is >= 0
 
 
-@needs_weights
 def test_a_resumed_grpo_run_equals_the_uninterrupted_run(pre, tmp_path):
     kw = dict(stage="grpo", init=str(pre), steps=4, group_size=2, lr=1e-2)
     _align(tmp_path / "whole", **kw)
@@ -143,7 +131,6 @@ def test_cli_and_report(pre, tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path / "r"), "--runs", str(tmp_path)]) == 2
 
 
-@needs_weights
 def test_grpo_on_jax(pre, tmp_path):
     pytest.importorskip("jax")
     s = _align(tmp_path / "g", stage="grpo", init=str(pre), steps=1, group_size=2,

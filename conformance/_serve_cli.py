@@ -113,6 +113,15 @@ def add_parser(sub) -> None:
     sp.add_argument("--temperature", type=float, default=0.8)
     sp.add_argument("--top-p", type=float, default=0.95)
     sp.add_argument("--seed", type=int)
+    search = sp.add_mutually_exclusive_group()
+    search.add_argument("--best-of", type=int, metavar="N",
+                        help="sample N completions, print the one of highest mean log-prob "
+                             "(each candidate's score on stderr)")
+    search.add_argument("--beam", type=int, metavar="W",
+                        help="beam search of width W (deterministic: --temperature and "
+                             "--top-p do not apply); the beams on stderr")
+    sp.add_argument("--length-penalty", type=float, default=1.0,
+                    help="beam ranking: sum log-prob / length ** this (1.0, as HF)")
     sp.set_defaults(fn=cmd_generate)
 
 
@@ -139,7 +148,10 @@ def cmd_generate(args) -> int:
                                 top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise CliError(str(e)) from None
-    rid = engine.add_request(engine.tokenizer.encode_ordinary(args.prompt), params)
+    prompt = engine.tokenizer.encode_ordinary(args.prompt)
+    if args.best_of is not None or args.beam is not None:
+        return _search(engine, args, prompt, params)
+    rid = engine.add_request(prompt, params)
     sys.stdout.write(args.prompt)
     while engine.has_work():
         for o in engine.step():
@@ -154,6 +166,41 @@ def cmd_generate(args) -> int:
               f"{st['drafts_proposed']} drafts accepted ({rate:.0%}), "
               f"{len(engine.scheduler.seqs[rid].output)} tokens in {st['steps']} steps",
               file=sys.stderr)
+    return 0
+
+
+def _search(engine, args, prompt: list[int], params) -> int:
+    """--best-of / --beam: test-time search (lmspec.serve.search) over the engine's model."""
+    from lmspec.conformance.cli import CliError
+    from lmspec.serve import search
+    from lmspec.serve.speculative import Runner
+
+    if args.speculative:
+        raise CliError("--speculative: not with --best-of or --beam")
+    eos = engine.eos_id
+    try:
+        runner = Runner(engine.config, {n: engine.b.to_numpy(a) for n, a in engine.p.items()},
+                        backend=args.backend, dtype=args.dtype)
+        if args.best_of is not None:
+            res = search.best_of_n(runner, prompt, args.best_of, params=params,
+                                   seed=0 if args.seed is None else args.seed, eos_id=eos)
+            ranked = [(c.tokens, f"mean log-prob {c.score:.3f}") for c in res.candidates]
+            best = res.best
+        else:
+            beams = search.beam_search(runner, prompt, args.beam, args.max_tokens,
+                                       length_penalty=args.length_penalty, eos_id=eos)
+            ranked = [(b.tokens, f"score {b.score:.3f} (sum log-prob {b.sum_logprob:.3f})")
+                      for b in beams]
+            best = 0
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    tok = engine.tokenizer
+    sys.stdout.write(args.prompt + tok.decode([t for t in ranked[best][0] if t != eos]) + "\n")
+    what = "candidate" if args.best_of is not None else "beam"
+    for i, (tokens, score) in enumerate(ranked):
+        mark = "*" if i == best else " "
+        text = tok.decode([t for t in tokens if t != eos])
+        print(f"lmspec: {mark}{what} {i}: {score}: {text!r}", file=sys.stderr)
     return 0
 
 

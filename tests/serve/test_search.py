@@ -8,6 +8,7 @@ best-of-N streams drawn as one (tokens, n) array (each caught by the test named 
 
 from __future__ import annotations
 
+import ast
 import itertools
 
 import numpy as np
@@ -300,3 +301,33 @@ def test_bad_arguments():
     hybrid = PRESETS["tiny-hybrid"]
     with pytest.raises(ValueError, match="recurrent"):
         SP.Runner(hybrid, init_params(hybrid, 0))
+
+
+def test_generate_best_of_and_beam_on_the_cli(tmp_path, capsys):
+    """lmspec generate --best-of / --beam on a 2-step run: the printed completion is the
+    best candidate (marked on stderr), beam width 1 is greedy decoding, bad values exit 2."""
+    pytest.importorskip("torch")
+    from lmspec.conformance.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--warmup", "1", "--out", str(run), "--no-progress",
+                 "--corpus-bytes", "300000", "--valid-every", "4", "--batch-size", "2",
+                 "--seq-len", "32"]) == 0
+    gen = ["generate", "def f(x):", "--model", str(run), "--max-tokens", "6"]
+    capsys.readouterr()
+    assert main([*gen, "--best-of", "3", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if "candidate" in ln]
+    assert len(lines) == 3 and sum("*candidate" in ln for ln in lines) == 1
+    best = next(ln for ln in lines if "*candidate" in ln).rsplit(": ", 1)[1]
+    assert out.rstrip("\n") == "def f(x):" + ast.literal_eval(best)
+    scores = [float(ln.split("mean log-prob ")[1].split(":")[0]) for ln in lines]
+    marked = [i for i, ln in enumerate(lines) if "*candidate" in ln][0]
+    assert scores[marked] == max(scores)
+    assert main([*gen, "--beam", "1"]) == 0
+    beam, _ = capsys.readouterr()
+    assert main([*gen, "--temperature", "0"]) == 0
+    greedy, _ = capsys.readouterr()
+    assert beam == greedy
+    assert main([*gen, "--beam", "0"]) == 2
+    assert main([*gen, "--best-of", "2", "--speculative", "ngram"]) == 2

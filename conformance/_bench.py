@@ -141,3 +141,37 @@ def impl_params(peers: dict[str, Callable[[], Any] | None]) -> list:
 def rng_arrays(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {n: rng.standard_normal(s) for n, s in shapes.items()}
+
+
+# The end of a peak-memory child (see peak_growth): ``call`` defined, run once to warm up, the
+# peak resident set reset, run again, the growth of the peak printed as JSON.
+PEAK_TAIL = r"""
+def status(key):  # kB figures of /proc/self/status
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+call()  # warm-up: kernels, jit, thread pools; its buffers are freed
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
+before = status("VmRSS")
+out = call()
+print(json.dumps({"peak_bytes": status("VmHWM") - before}))
+"""
+
+
+def peak_growth(code: str, *args: str) -> int:
+    """Runs ``code`` (which defines ``call()``; ``PEAK_TAIL`` is appended) in a fresh Python
+    process (Linux) with ``args`` as sys.argv[1:], and returns the growth of its peak resident
+    set over one ``call()`` after a warm-up: inputs, imports and compilation excluded."""
+    import json
+    import subprocess
+    import sys
+
+    # a fixed mmap threshold: glibc then returns every large freed buffer to the system at once,
+    # so the warm-up call's buffers cannot hide inside the measured call's resident set
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run([sys.executable, "-c", code + PEAK_TAIL, *args], capture_output=True,
+                          text=True, timeout=600, env=env)
+    if proc.returncode:
+        pytest.fail(f"{' '.join(args)}: {proc.stderr[-2000:]}")
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])

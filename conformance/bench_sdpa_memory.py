@@ -5,11 +5,6 @@ the peak over one more call is recorded, so inputs, imports and compilation are 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from lmspec.conformance import _bench
@@ -50,29 +45,11 @@ else:
         sdpa = load(kind).fn("sdpa")
         def call():
             return sdpa(q, k, v, causal=True)
-def status(key):  # kB figures of /proc/self/status
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-call()  # warm-up: kernels, jit, thread pools; its buffers are freed
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # Linux: reset the peak RSS (VmHWM) to the current RSS
-before = status("VmRSS")
-out = call()
-print(json.dumps({{"peak_bytes": status("VmHWM") - before}}))
 """
 
 
 def _measure(kind: str, t: int) -> int:
-    code = _CHILD.format(b=B, h=H, d=D)
-    # a fixed mmap threshold: glibc then returns every large freed buffer to the system at once,
-    # so the warm-up call's buffers cannot hide inside the measured call's resident set
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    proc = subprocess.run([sys.executable, "-c", code, kind, str(t)], capture_output=True,
-                          text=True, timeout=600, env=env)
-    if proc.returncode:
-        pytest.fail(f"{kind} at T={t}: {proc.stderr[-2000:]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+    return _bench.peak_growth(_CHILD.format(b=B, h=H, d=D), kind, str(t))
 
 
 def _kinds() -> list[str]:

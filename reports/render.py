@@ -169,10 +169,14 @@ def _plot_time_vs_t(rows: list[dict]) -> str | None:
 
 
 # DeepSeek-V2-like: 60 layers, 128 heads of d_h 128, GQA 8 groups, d_c 512, d_h^R 64; bf16
-def memory_table(rows: list[dict]) -> list[list[Any]]:
-    """[impl, T, peak MiB] from the sdpa_memory benchmark's peak_bytes rows."""
-    out = [[r["backend"], _shape_t(r["shape"]), r["value"] / 2**20] for r in rows
-           if r["component"] == "sdpa_memory" and r["metric"] == "peak_bytes"]
+def memory_table(rows: list[dict], component: str = "sdpa_memory") -> list[list[Any]]:
+    """[impl, size, peak MiB] from a memory benchmark's peak_bytes rows (shapes "T<n>" for
+    sdpa_memory, "V<n>" for head_ce_memory)."""
+    def size(label: str) -> int | None:
+        return int(label[1:]) if label[:1] in "TV" and label[1:].isdigit() else None
+
+    out = [[r["backend"], size(r["shape"]), r["value"] / 2**20] for r in rows
+           if r["component"] == component and r["metric"] == "peak_bytes"]
     return sorted(out, key=lambda r: (r[0], r[1] or 0))
 
 
@@ -283,6 +287,12 @@ def _markdown(comps, cols, cells, bench_rows, meta) -> str:
         lines += ["## Peak memory of causal attention (measured: growth of the peak RSS over "
                   "one call, B=1, H=8, D=64, float32)", "",
                   tabulate(memory, headers=["impl", "T", "peak MiB"], tablefmt="github",
+                           floatfmt=".4g"), ""]
+    if memory := memory_table(bench_rows, "head_ce_memory"):
+        lines += ["## Peak memory of the LM head's loss and gradients (measured: materialized "
+                  "logits vs fused in row chunks, N=2048, d=256, float32; --quick: N=512, "
+                  "d=64)", "",
+                  tabulate(memory, headers=["impl", "V", "peak MiB"], tablefmt="github",
                            floatfmt=".4g"), ""]
     lines += ["## KV cache by attention kind (computed from the spec, not measured)", "",
               "DeepSeek-V2-like: 60 layers, 128 heads, d_h 128, GQA 8 groups, MLA d_c 512, "

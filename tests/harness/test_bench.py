@@ -62,6 +62,11 @@ def test_measurements_that_are_not_timings_become_rows_of_their_own():
     assert {(r["metric"], r["backend"]) for r in rows} == {
         ("peak_bytes", "materialized/torch"), ("peak_bytes", "torch_triton")}
     assert memory_table(rows) == [["materialized/torch", 1024, 128.0], ["torch_triton", 1024, 2.0]]
+    for r in rows:
+        r["component"], r["shape"] = "head_ce_memory", "V32768"
+    assert memory_table(rows, "head_ce_memory") == [["materialized/torch", 32768, 128.0],
+                                                    ["torch_triton", 32768, 2.0]]
+    assert memory_table(rows) == []
 
 
 def test_a_dtype_free_benchmark_says_so_in_every_row():

@@ -17,7 +17,7 @@ from lmspec.spec.train_step import (
     n_valid,
 )
 
-__all__ = ["train_step"]
+__all__ = ["data_parallel_train_step", "train_step"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -29,16 +29,62 @@ def _host(a):
 def train_step(params, opt_state, batch, step, *, model_config, train_config):
     check_args(params, opt_state, batch, step, model_config=model_config,
                train_config=train_config)
-    tc = train_config
     batch = {k: (None if v is None else _host(v)) for k, v in batch.items()}
     master = {n: torch.as_tensor(a) for n, a in params.items()}
+    a_count, n = batch["tokens"].shape[0], n_valid(batch)
+    grads, sums, loads = _accumulate(master, batch, model_config, train_config, n, a_count)
+    return _apply(master, opt_state, grads, sums, loads, step, n, model_config, train_config)
+
+
+def data_parallel_train_step(params, opt_state, batch, step, *, model_config, train_config,
+                             group=None):
+    """``train_step`` data-parallel over a torch.distributed process group (torchrun; gloo
+    or NCCL): each rank passes the same params and opt_state and its own A_r micro-batches;
+    the step equals ``train_step`` on the ranks' micro-batches concatenated in rank order
+    (A = sum A_r). The global token count n and micro-batch count A are all-reduced first
+    (every micro-batch is normalised by the whole batch's n, as in one process), then the
+    summed gradients in one flat buffer (DDP's all-reduce, written out), the loss terms
+    and the expert loads, and every rank applies the same clipping and AdamW. Bit-identical to one
+    process on 2 ranks (a + b == b + a); with more, the all-reduce's summation order may round
+    differently (float32)."""
+    import torch.distributed as dist
+
+    check_args(params, opt_state, batch, step, model_config=model_config,
+               train_config=train_config)
+    batch = {k: (None if v is None else _host(v)) for k, v in batch.items()}
+    master = {n: torch.as_tensor(a) for n, a in params.items()}
+    counts = torch.tensor([n_valid(batch), batch["tokens"].shape[0]], dtype=torch.int64)
+    dist.all_reduce(counts, group=group)
+    n, a_count = (int(x) for x in counts)
+    grads, sums, loads = _accumulate(master, batch, model_config, train_config, n, a_count)
+    names = list(grads)
+    flat = torch.cat([grads[k].reshape(-1) for k in names])
+    dist.all_reduce(flat, group=group)
+    i = 0
+    for k in names:
+        grads[k] = flat[i:i + grads[k].numel()].view_as(grads[k])
+        i += grads[k].numel()
+    terms = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64)  # Python floats' width
+    dist.all_reduce(terms, group=group)
+    sums = {k: float(v) for k, v in zip(_SUMS, terms, strict=True)}
+    if loads.numel():
+        loads = loads.clone()
+        dist.all_reduce(loads, group=group)
+    return _apply(master, opt_state, grads, sums, loads, step, n, model_config, train_config)
+
+
+_SUMS = ("loss", "ce", "balance", "mtp")
+
+
+def _accumulate(master, batch, model_config, tc, n: int, a_total: int):
+    """This process's micro-batches: (gradients summed in the wide dtype, loss sums, loads),
+    each micro-batch normalised by n and the balance terms by a_total micro-batches."""
     wide = torch.float64 if master["embed"].dtype == torch.float64 else torch.float32
     cdt = _DTYPES[tc.compute_dtype]
-    pc = {n: a.to(cdt) for n, a in master.items()}
-    a_count, n = batch["tokens"].shape[0], n_valid(batch)
-    cfg = micro_config(model_config, a_count)
-    grads, loads, sums = None, None, {"loss": 0.0, "ce": 0.0, "balance": 0.0, "mtp": 0.0}
-    for a in range(a_count):
+    pc = {k: a.to(cdt) for k, a in master.items()}
+    cfg = micro_config(model_config, a_total)
+    grads, loads, sums = None, None, dict.fromkeys(_SUMS, 0.0)
+    for a in range(batch["tokens"].shape[0]):
         mb = micro_batch(batch, a)
         loss, metrics, g = model_grad(pc, mb["tokens"], mb["targets"], mb["positions"],
                                       mb["segment_ids"], config=cfg, n_tokens=n,
@@ -49,6 +95,12 @@ def train_step(params, opt_state, batch, step, *, model_config, train_config):
         loads = metrics["loads"] if loads is None else loads + metrics["loads"]
         g = {k: v.to(wide) for k, v in g.items()}
         grads = g if grads is None else {k: grads[k] + g[k] for k in grads}
+    return grads, sums, loads
+
+
+def _apply(master, opt_state, grads, sums, loads, step, n: int, model_config, tc):
+    """Global clipping, AdamW with torch's _foreach ops, the aux-loss-free bias update."""
+    wide = torch.float64 if master["embed"].dtype == torch.float64 else torch.float32
     names = list(grads)
     gl = [grads[k] for k in names]
     norm = float(torch.sqrt(sum(torch.sum(g * g) for g in gl)))

@@ -211,8 +211,10 @@ def kv_cache_size(kind: str, *, n_layers: int, n_heads: int, head_dim: int,
     else:
         require(kv_lora_rank is not None and kv_lora_rank >= 1, ValueError,
                 f"kv_lora_rank: expected >= 1 for mla, got {kv_lora_rank}")
-        require(qk_rope_head_dim is not None and qk_rope_head_dim >= 0, ValueError,
-                f"qk_rope_head_dim: expected >= 0 for mla, got {qk_rope_head_dim}")
+        require(qk_rope_head_dim is not None and qk_rope_head_dim >= 2
+                and qk_rope_head_dim % 2 == 0, ValueError,
+                f"qk_rope_head_dim: expected an even value >= 2 for mla (the decoupled RoPE "
+                f"key, as mla requires), got {qk_rope_head_dim}")
         per_layer = kv_lora_rank + qk_rope_head_dim
     return KVCacheSize(kind, per_layer, n_layers, bytes_per_element)
 

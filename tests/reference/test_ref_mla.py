@@ -250,3 +250,12 @@ def test_kv_cache_size_hand_values_and_bytes():
         kv_cache_size("gqa", n_layers=1, n_heads=6, head_dim=4, n_kv_heads=4)
     with pytest.raises(ValueError, match="kind"):
         kv_cache_size("mlp", n_layers=1, n_heads=1, head_dim=1)
+
+
+@pytest.mark.parametrize("dr", (0, 3, -2, None))
+def test_kv_cache_size_rejects_the_rope_head_dims_mla_rejects(dr):
+    """mla needs an even qk_rope_head_dim >= 2 (the decoupled RoPE key): so does the cache
+    table, with the same error (ValueError naming the argument)."""
+    with pytest.raises(ValueError, match="qk_rope_head_dim"):
+        kv_cache_size("mla", n_layers=1, n_heads=2, head_dim=4, kv_lora_rank=8,
+                      qk_rope_head_dim=dr)

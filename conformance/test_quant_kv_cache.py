@@ -91,3 +91,20 @@ def test_per_token_scales_are_not_per_tensor(target):
     for fmt in ("int8", "e4m3"):
         check_case(target, Case({"q": q, "k": k, "v": v},
                                 {"fmt": fmt, "causal": True, "scale": None}))
+
+
+def test_subnormal_row_scales_clip_the_codes(target):
+    """V rows so small that their scales amax / 127 (or / max) are float32 subnormals: the
+    scale's rounding is coarse and the quotients near amax pass the grid's maximum, where the
+    clip (the saturation) must bind; the output is then of V's size, and a wrapped (or NaN)
+    code shows in it."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((1, 4, 2, 8))
+    k = rng.standard_normal((1, 4, 1, 8))
+    for fmt, top in (("int8", 127), ("e4m3", 448.0), ("e5m2", 57344.0)):
+        # amax = 1.3 ulps of 2**-149 times the max: scale 1 ulp, quotient 1.3 * max
+        v = rng.uniform(-1.0, 1.0, (1, 4, 1, 8))
+        v[..., 0] = 1.0
+        v = v * 1.3 * top * 2.0**-149
+        check_case(target, Case({"q": q, "k": k, "v": v},
+                                {"fmt": fmt, "causal": False, "scale": None}))

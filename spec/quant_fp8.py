@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from lmspec.spec import _strategies as S
 from lmspec.spec._contract import Case, Component, ErrorCase, require, shape_of
-from lmspec.spec._quant import check_choice, check_float_array
+from lmspec.spec._quant import TINY_ODDS, check_choice, check_float_array, tiny_slices
 
 FMT_MAX = {"e4m3": 448.0, "e5m2": 57344.0}
 GRANULARITIES = ("tensor", "token", "tile", "block")
@@ -49,9 +49,13 @@ def quant_fp8(x, scale=None, *, fmt: str = "e4m3", granularity: str = "tensor",
     ``saturate`` clamps to [-FMT_MAX, FMT_MAX] *before* the cast (explicitly: ml_dtypes' and
     JAX's float8 casts do not saturate, E4M3FN 470 -> NaN; torch 2.13's E4M3FN cast saturates
     on CPU but its E5M2 cast gives inf), so NaN and inf codes are never produced from finite
-    input. RNE is round to nearest on the format's grid, ties to the even mantissa (subnormals
-    included); a negative value that rounds to zero keeps its sign (code 0x80), as every
-    float8 cast does.
+    input. With a dynamic scale, ``|x / s| <= FMT_MAX`` within a float32 rounding while ``s``
+    is a normal float32; a subnormal ``s`` (``amax < FMT_MAX * 2**-126``) is rounded to
+    2**-149 absolute, the quotients near amax can pass FMT_MAX by up to half again, and the
+    saturation binds there too (with ``pow2_scale`` as well: 2**-149 is its own power of
+    two). RNE is round to nearest on the format's grid, ties to the even mantissa
+    (subnormals included); a negative value that rounds to zero keeps its sign (code 0x80),
+    as every float8 cast does.
 
     ``scale`` (optional, float, the shape of ``scales`` above) is a static scale (a calibrated
     activation or KV-cache scale, as vLLM's static FP8 scheme): it is used as is, converted to
@@ -111,6 +115,9 @@ def _cases(draw) -> Case:
                                  S.FEATURE_SIZES))
         shape = draw(S.leading_shapes()) + (d,)
     x = draw(S.float_arrays(shape, scales=S.SCALES + (1000.0,)))
+    if draw(st.integers(0, TINY_ODDS - 1)) == 0:  # subnormal scales: saturation binds
+        x = tiny_slices(x, FMT_MAX[fmt], draw(S.seeds()),
+                        None if granularity in ("tensor", "block") else -1)
     scale, pow2 = None, draw(st.booleans())
     if draw(st.integers(0, 3)) == 0:  # a static scale, 0.1x to 2x a per-tensor one: saturates
         u = S.make_values(scales_shape(shape, granularity), draw(S.seeds()), "uniform", 1.0)

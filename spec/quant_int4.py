@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from lmspec.spec import _strategies as S
 from lmspec.spec._contract import Case, Component, ErrorCase, require
-from lmspec.spec._quant import check_float_array
+from lmspec.spec._quant import TINY_ODDS, check_float_array, tiny_slices
 
 QMAX = 15
 GROUP_SIZES = (1, 2, 3, 8, 16, 32)
@@ -32,8 +32,13 @@ def quant_int4(w, *, group_size: int = 128):
         dequantized w = (q - zero) * scale
 
     Quotients are exact (the input's value over the float32 scale). Because the range contains
-    0, ``-lo / scale`` lies in [0, 15] up to a float32 rounding, so the zero's clip never binds
-    and 0 dequantizes exactly to 0. AutoAWQ's ``pseudo_quantize_tensor`` differs: it takes
+    0, ``-lo / scale`` lies in [0, 15] up to the scale's rounding; while the scale is a normal
+    float32 that is 2**-24 relative, so the zero's clip does not bind and the codes' clip binds
+    only at the group's extremes. A subnormal scale (a range under ``15 * 2**-126``, about
+    1.8e-37) is rounded to 2**-149 absolute, coarsely: ``-lo / scale`` and
+    ``w / scale + zero`` can leave [0, 15] by several units (range 2.2e-44 = 16 * 2**-149:
+    scale 2**-149, quotients up to 16) and both clips bind. 0 still dequantizes exactly
+    to 0 (the zero point is an integer). AutoAWQ's ``pseudo_quantize_tensor`` differs: it takes
     ``lo = min(g)``, ``hi = max(g)`` without 0 (and clamps the range at 1e-5), so on a group
     that does not straddle 0 its zero clips and its codes saturate; the two agree on every
     group with ``min(g) <= 0 <= max(g)`` (any weight-like group of 128 normals). Some GPTQ
@@ -77,6 +82,8 @@ def _cases(draw) -> Case:
     g = draw(st.sampled_from(GROUP_SIZES))
     n_groups = draw(st.sampled_from((2, 4) if g % 2 else (1, 2, 3)))
     w = draw(S.float_arrays((out, g * n_groups)))
+    if draw(st.integers(0, TINY_ODDS - 1)) == 0:  # subnormal scales: the clips bind
+        w = tiny_slices(w, QMAX, draw(S.seeds()))  # whole rows: every group of the row
     return Case({"w": w}, {"group_size": g})
 
 

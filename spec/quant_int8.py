@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from lmspec.spec import _strategies as S
 from lmspec.spec._contract import Case, Component, ErrorCase, require
-from lmspec.spec._quant import check_float_array
+from lmspec.spec._quant import TINY_ODDS, check_float_array, tiny_slices
 
 QMAX = 127
 
@@ -29,8 +29,13 @@ def quant_int8(x, *, axis: int = -1):
 
     where ``x / scale`` is the exact quotient of the input value (in its own dtype) by the
     float32 scale. The grid is symmetric: **-128 is never used** (so that negation is exact and
-    the int8 x int8 -> int32 product of two codes is symmetric). The clip binds only at
-    ``|x| == amax`` (where the quotient is 127 within a float32 rounding). Dequantization is
+    the int8 x int8 -> int32 product of two codes is symmetric). When the scale is a normal
+    float32 the clip binds only at ``|x| == amax`` (where the quotient is 127 within a float32
+    rounding); when it is subnormal (``amax < 127 * 2**-126``, about 1.5e-36) its rounding is
+    coarse (2**-149 absolute, up to a third of the scale for a scale of 1 to 2 ulps), the
+    quotient of every element near amax can pass 127 (float32 ``[[2.31e-43]]``: scale
+    2**-149, quotient 165) and the clip is what keeps the code in range: 127, never a
+    wrapped -91. Dequantization is
     ``codes * scale`` (``lmspec.reference.dequant_int8``); an all-zero slice dequantizes to
     zeros with scale 1. Inputs are finite and ``|x| <= float32 max``; non-finite inputs are
     outside the domain (not checked).
@@ -63,6 +68,8 @@ def _cases(draw) -> Case:
     d = draw(S.sizes(S.FEATURE_SIZES))
     x = draw(S.float_arrays(lead + (d,)))
     axis = draw(st.integers(-len(lead) - 1, len(lead)))
+    if draw(st.integers(0, TINY_ODDS - 1)) == 0:  # subnormal scales: the clip binds
+        x = tiny_slices(x, QMAX, draw(S.seeds()), axis)
     return Case({"x": x}, {"axis": axis})
 
 

@@ -7,10 +7,11 @@ from hypothesis import strategies as st
 
 from lmspec.spec import _strategies as S
 from lmspec.spec._contract import Case, Component, ErrorCase, require
-from lmspec.spec._quant import check_choice
+from lmspec.spec._quant import TINY_ODDS, check_choice, tiny_slices
 from lmspec.spec.sdpa import check_args as check_sdpa_args
 
 FORMATS = ("int8", "e4m3", "e5m2")
+QMAX = {"int8": 127, "e4m3": 448.0, "e5m2": 57344.0}  # quant_int8's and quant_fp8's maxima
 
 
 def quant_kv_cache(q, k, v, *, fmt: str = "int8", causal: bool = True,
@@ -33,6 +34,10 @@ def quant_kv_cache(q, k, v, *, fmt: str = "int8", causal: bool = True,
     - ``fmt="e4m3"`` / ``"e5m2"``: quant_fp8's "token" granularity (dynamic per-row scale
       ``fl32(amax / 448)`` or ``/ 57344``, saturating RNE to the float8 grid), dequantized
       ``value(code) * scale_kv``.
+
+    A row whose ``amax / 127`` (or ``/ FMT_MAX``) is a float32 subnormal has a coarsely
+    rounded scale and quotients beyond the grid's maximum: the clip (the saturation) binds
+    there, as in quant_int8 and quant_fp8.
 
     Then ``out = sdpa(q, K_hat, V_hat, causal=causal, scale=scale)[0]``. The reference
     dequantizes exactly (float64); its naive evaluation in a lower dtype rounds K_hat and
@@ -70,11 +75,16 @@ def kv_cases(draw) -> Case:
     d = draw(st.sampled_from((1, 4, 16)))
     scales = (0.1, 1.0, 3.0)
     styles = ("normal", "uniform", "outliers", "ties")
+    fmt = draw(st.sampled_from(FORMATS))
+    kv = [draw(S.float_arrays((b, tk, hkv, dd), styles=styles, scales=scales))
+          for dd in (d, d)]
+    if draw(st.integers(0, TINY_ODDS - 1)) == 0:  # subnormal row scales: the clip binds
+        kv = [tiny_slices(a, QMAX[fmt], draw(S.seeds())) for a in kv]
     return Case({
         "q": draw(S.float_arrays((b, tq, hq, d), scales=scales)),
-        "k": draw(S.float_arrays((b, tk, hkv, d), styles=styles, scales=scales)),
-        "v": draw(S.float_arrays((b, tk, hkv, d), styles=styles, scales=scales)),
-    }, {"fmt": draw(st.sampled_from(FORMATS)), "causal": draw(st.booleans()),
+        "k": kv[0],
+        "v": kv[1],
+    }, {"fmt": fmt, "causal": draw(st.booleans()),
         "scale": draw(st.sampled_from((None, 0.5)))})
 
 

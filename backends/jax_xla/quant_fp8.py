@@ -11,11 +11,16 @@ import jax.numpy as jnp
 from lmspec.backends.jax_xla._quant import (
     F32,
     FP8_MAX,
+    TINY_LIFTED,
     amax,
     ceil_pow2,
     div,
     fp8_codes,
+    has_tiny,
+    lift,
+    lifted_scale,
     nonzero_or_one,
+    unlift,
 )
 from lmspec.spec.quant_fp8 import BLOCK, TILE, check_args
 
@@ -45,18 +50,32 @@ def _expand(s, shape, granularity: str):
     return s[: shape[0], : shape[1]]
 
 
-@functools.partial(jax.jit, static_argnames=("fmt", "granularity", "pow2_scale"))
-def _quant_fp8(x, scale, *, fmt: str, granularity: str, pow2_scale: bool):
+@functools.partial(jax.jit, static_argnames=("fmt", "granularity", "pow2_scale", "lifted"))
+def _quant_fp8(x, scale, *, fmt: str, granularity: str, pow2_scale: bool, lifted: bool):
     xf = x.astype(F32)
-    if scale is None:
-        scales = nonzero_or_one(div(_group_amax(xf, granularity), FP8_MAX[fmt]))
-        scales = ceil_pow2(scales) if pow2_scale else scales
-    else:
+    if scale is not None:
         scales = scale.astype(F32)
-    return fp8_codes(div(xf, _expand(scales, x.shape, granularity)), fmt), scales
+        return fp8_codes(div(xf, _expand(scales, x.shape, granularity)), fmt), scales
+    scales = nonzero_or_one(div(_group_amax(xf, granularity), FP8_MAX[fmt]))
+    scales = ceil_pow2(scales) if pow2_scale else scales
+    y = div(xf, _expand(scales, x.shape, granularity))
+    if not lifted:
+        return fp8_codes(y, fmt), scales
+    # groups with amax < 2**-60, lifted by 2**64 past XLA CPU's flush of subnormals (_quant)
+    xl = lift(xf)
+    al = _group_amax(xl, granularity)
+    tiny = al < TINY_LIFTED
+    sl = lifted_scale(al, FP8_MAX[fmt])
+    sl = jnp.where(sl > 0, sl, F32(2.0**64))  # scale 1 where it underflows (or amax is 0)
+    sl = ceil_pow2(sl) if pow2_scale else sl  # exact on lifted (normal) values
+    scales = jnp.where(tiny, unlift(sl), scales)
+    y = jnp.where(_expand(tiny, x.shape, granularity),
+                  div(xl, _expand(sl, x.shape, granularity)), y)
+    return fp8_codes(y, fmt), scales
 
 
 def quant_fp8(x, scale=None, *, fmt: str = "e4m3", granularity: str = "tensor",
               pow2_scale: bool = False):
     check_args(x, scale, fmt=fmt, granularity=granularity, pow2_scale=pow2_scale)
-    return _quant_fp8(x, scale, fmt=fmt, granularity=granularity, pow2_scale=bool(pow2_scale))
+    return _quant_fp8(x, scale, fmt=fmt, granularity=granularity, pow2_scale=bool(pow2_scale),
+                      lifted=scale is None and has_tiny(x))

@@ -1126,6 +1126,23 @@ def quant_int8_always_the_last_axis():
     return fwd
 
 
+def _wrap(q, bits: int, signed: bool) -> np.ndarray:
+    """An integer cast with no clip: the low ``bits`` bits of the rounded quotient (two's
+    complement when ``signed``), as astype(int8) or a nibble mask does."""
+    q = np.asarray(q, np.float64).astype(np.int64) & ((1 << bits) - 1)
+    return q - (1 << bits) * (q >= 1 << (bits - 1)) if signed else q
+
+
+@mutant_without_vjp("quant_int8", catches=("forward",))
+def quant_int8_codes_not_clipped():
+    """rint(x / scale).astype(int8) with no clip: harmless while the scale is a normal float32
+    (the quotient passes 127 by a float32 rounding at most), but a subnormal scale is coarse
+    and the quotient wraps (float32 [[2.31e-43]]: scale 2**-149, 165 -> -91)."""
+    def codes(y):
+        return _wrap(np.rint(np.asarray(y, np.float64)), 8, True).astype(np.int8)
+    return _patched(q8_ref, "int8_round", codes, R.quant_int8)
+
+
 @mutant_without_vjp("quant_int4", catches=("forward", "grid_values_requantize_exactly"))
 def quant_int4_nibbles_swapped():
     """Element 2j in the HIGH nibble (the other packing order)."""
@@ -1165,11 +1182,38 @@ def quant_int4_eps_added_to_the_range():
     return _patched(q4_ref, "int4_scales", scales, R.quant_int4)
 
 
+@mutant_without_vjp("quant_int4", catches=("forward",))
+def quant_int4_codes_not_clipped():
+    """The zero point and the codes cast to a nibble with no clip (the low 4 bits), wrapping
+    where a subnormal scale puts a quotient past 15 (range 16 * 2**-149: 16 -> 0)."""
+    def codes(y, zeros):
+        return _wrap(np.rint(np.asarray(y, np.float64)) + zeros, 4, False).astype(np.uint8)
+
+    def zeros(zq):
+        return _wrap(np.rint(zq), 4, False).astype(np.uint8)
+    return _patched(q4_ref, "int4_round", codes,
+                    _patched(q4_ref, "int4_zeros", zeros, R.quant_int4))
+
+
 @mutant_without_vjp("quant_fp8", catches=("saturation_at_the_format_max",))
 def quant_fp8_cast_without_saturation():
     """The float8 cast alone (ml_dtypes): E4M3FN 480 -> NaN, E5M2 61440 -> inf."""
     def fwd(x, scale=None, *, fmt="e4m3", granularity="tensor", pow2_scale=False):
         _, s = R.quant_fp8(x, scale, fmt=fmt, granularity=granularity, pow2_scale=pow2_scale)
+        return _cast_without_saturation(fmt)(fp8_ref.fp8_quotient(x, s, granularity)), s
+    return fwd
+
+
+@mutant_without_vjp("quant_fp8", catches=("forward",))
+def quant_fp8_dynamic_scale_without_saturation():
+    """Saturation only for a static scale: a dynamic scale amax / max "cannot" overflow, so
+    the plain cast is used, which a subnormal scale's coarse rounding breaks (E4M3FN 480 ->
+    NaN, E5M2 61440 -> inf)."""
+    def fwd(x, scale=None, *, fmt="e4m3", granularity="tensor", pow2_scale=False):
+        codes, s = R.quant_fp8(x, scale, fmt=fmt, granularity=granularity,
+                               pow2_scale=pow2_scale)
+        if scale is not None:
+            return codes, s
         return _cast_without_saturation(fmt)(fp8_ref.fp8_quotient(x, s, granularity)), s
     return fwd
 
@@ -1376,6 +1420,17 @@ def quant_kv_cache_scale_per_tensor():
         top = np.float32(s.max(initial=1.0))
         return np.asarray(x, np.float64) / np.float64(top), np.full_like(s, top)
     return _patched(kv_ref, "kv_quotients", per_tensor, R.quant_kv_cache)
+
+
+@mutant_without_vjp("quant_kv_cache", catches=("subnormal_row_scales_clip_the_codes",))
+def quant_kv_cache_codes_not_clipped():
+    """The cache codes cast with no clip: int8 wraps (165 -> -91), float8 casts without
+    saturation (NaN, inf), wherever a row's subnormal scale puts a quotient past the max."""
+    def encode(y, fmt):
+        if fmt == "int8":
+            return _wrap(np.rint(np.asarray(y, np.float64)), 8, True).astype(np.int8)
+        return _cast_without_saturation(fmt)(y)
+    return _patched(kv_ref, "encode", encode, R.quant_kv_cache)
 
 
 # ----------------------------------------------------------------------------- plants for the

@@ -8,10 +8,19 @@ shape, ``{"error": {"message", "type", "param", "code"}}``, with status 400 (a m
 out-of-range request), 404 (an unknown model or path) or 503 (the engine is draining); the
 server keeps serving.
 
+``n`` (1..16) asks for n completions of the one prompt: n engine requests, choice i seeded
+``seed + i`` (a repeated seeded request repeats all n), returned as choices 0..n-1 (when
+streaming, their chunks interleaved, each with its index, and one ``[DONE]`` after the last);
+usage counts the prompt once and the completion tokens of every choice. ``best_of`` (>= n,
+completions only, not with streaming) generates best_of candidates, candidate i seeded as
+choice i, and returns the n whose sampled tokens have the highest cumulative log-probability,
+highest first; usage counts every candidate's tokens.
+
 One engine thread runs the engine's steps; HTTP handlers hand it requests and read their
-outputs from per-request queues. A client that disconnects mid-stream has its request
-aborted: its blocks are freed in the engine's next iteration. On shutdown (SIGTERM, Ctrl-C)
-uvicorn stops accepting, the in-flight requests finish, then the engine thread stops.
+outputs from per-request queues. A client that disconnects mid-stream has its requests (every
+choice's) aborted: their blocks are freed in the engine's next iteration. On shutdown
+(SIGTERM, Ctrl-C) uvicorn stops accepting, the in-flight requests finish, then the engine
+thread stops.
 
 Chat template: the checkpoint's (``chat_template`` in its tokenizer config, as a Jinja
 string) when it has one and jinja2 is installed; else the documented default, ChatML::
@@ -24,12 +33,13 @@ string) when it has one and jinja2 is installed; else the documented default, Ch
 import asyncio
 import itertools
 import json
+import math
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lmspec.serve.engine import Engine, Output, SamplingParams
 
@@ -80,13 +90,16 @@ class EngineRunner:
     def accepting(self) -> bool:
         return not self._draining and self.error is None
 
-    def submit(self, prompt: list[int], params: SamplingParams
-               ) -> tuple[Hashable, asyncio.Queue]:
+    def submit(self, prompt: list[int], params: SamplingParams,
+               q: asyncio.Queue | None = None) -> tuple[Hashable, asyncio.Queue]:
+        """``q``: a queue to share with other requests (the choices of one HTTP request);
+        each request's ``Output``s carry its id, and each puts its own None (or exception)
+        when it ends."""
         if not self.accepting:
             raise BadRequest("the server is shutting down", status=503, kind="server_error")
         rid = f"r{next(self._ids)}"
         self.engine.validate(prompt, params)  # raises ValueError here, in the caller's thread
-        q: asyncio.Queue = asyncio.Queue()
+        q = asyncio.Queue() if q is None else q
         self._outs[rid] = (asyncio.get_running_loop(), q)
         self._commands.put(("add", rid, prompt, params))
         return rid, q
@@ -158,7 +171,11 @@ class Prepared:
     params: SamplingParams
     stream: bool
     include_usage: bool
+    n: int = 1  # choices returned
+    best_of: int = 1  # candidates generated (>= n); the n most likely are returned
 
+
+MAX_N = 16  # the most choices (n) or candidates (best_of) one request may ask for
 
 _KNOWN = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature",
           "top_p", "top_k", "min_p", "n", "stream", "stream_options", "stop", "seed",
@@ -178,13 +195,43 @@ def _num(body: dict, name: str, default, kind=float):
     return kind(v)
 
 
+def _count(body: dict, name: str, default: int) -> int:
+    v = _num(body, name, default, int)
+    if not 1 <= v <= MAX_N:
+        raise BadRequest(f"{name}: expected an integer in [1, {MAX_N}], got {v}", name)
+    return v
+
+
+def choice_seed(seed: int | None, i: int) -> int | None:
+    """The seed of choice (or best_of candidate) ``i`` of a request seeded ``seed``: choice 0
+    keeps the request's seed, so n=1 samples as before; the n choices differ, a repeated
+    request repeats them, and best_of's candidate i is n's choice i. None: each choice's
+    engine request draws its own."""
+    return None if seed is None else seed + i
+
+
+def best_candidates(candidates: list[list[Output]], n: int) -> list[int]:
+    """The indices of the n candidates with the highest cumulative log-probability of their
+    generated tokens (the sampled token's ``Output.logprob``, as the logprobs option reports
+    it), highest first; ties keep candidate order."""
+    score = [math.fsum(o.logprob for o in c) for c in candidates]
+    return sorted(range(len(candidates)), key=lambda i: -score[i])[:n]
+
+
 def prepare(body, tokenizer, chat: bool, max_model_len: int) -> Prepared:
     """Validates an OpenAI request body and turns it into prompt ids and SamplingParams;
     raises BadRequest naming the parameter."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
-    if body.get("n", 1) != 1 or body.get("best_of", 1) not in (1, None):
-        raise BadRequest("n, best_of: only 1 is supported", "n")
+    n = _count(body, "n", 1)
+    if chat and body.get("best_of") is not None:
+        raise BadRequest("best_of: not supported by chat completions (only /v1/completions)",
+                         "best_of")
+    best_of = _count(body, "best_of", n)
+    if best_of < n:
+        raise BadRequest(f"best_of: expected >= n ({n}), got {best_of}", "best_of")
+    if best_of > n and body.get("stream"):
+        raise BadRequest("best_of: cannot be used with stream=true", "best_of")
     for name in ("echo", "suffix", "logit_bias"):
         if body.get(name):
             raise BadRequest(f"{name}: not supported", name)
@@ -232,8 +279,8 @@ def prepare(body, tokenizer, chat: bool, max_model_len: int) -> Prepared:
     elif lp is not None:
         lp = _num(body, "logprobs", 0, int)
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest(f"seed: expected an integer, got {seed!r}", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise BadRequest(f"seed: expected an integer >= 0, got {seed!r}", "seed")
     so = body.get("stream_options") or {}
     try:
         params = SamplingParams(
@@ -249,7 +296,7 @@ def prepare(body, tokenizer, chat: bool, max_model_len: int) -> Prepared:
     except ValueError as e:
         raise BadRequest(str(e), str(e).split(":")[0]) from None
     return Prepared(prompt_ids, params, bool(body.get("stream", False)),
-                    bool(isinstance(so, dict) and so.get("include_usage")))
+                    bool(isinstance(so, dict) and so.get("include_usage")), n, best_of)
 
 
 # ----------------------------------------------------------------------------- the app
@@ -304,68 +351,96 @@ def build_app(runner: EngineRunner, model_name: str):
                              kind="invalid_request_error")
         return body
 
+    def submit_all(prep: Prepared) -> tuple[list[Hashable], asyncio.Queue]:
+        """One engine request per candidate (best_of of them, n without best_of), each with
+        its own id and derived seed, all feeding one queue; none stays if one is refused."""
+        q: asyncio.Queue = asyncio.Queue()
+        rids: list[Hashable] = []
+        try:
+            for i in range(prep.best_of):
+                params = replace(prep.params, seed=choice_seed(prep.params.seed, i))
+                rids.append(runner.submit(prep.prompt_ids, params, q)[0])
+        except ValueError as e:
+            abort_all(rids)
+            if isinstance(e, BadRequest):
+                raise
+            raise BadRequest(str(e)) from None
+        return rids, q
+
+    def abort_all(rids) -> None:
+        for rid in rids:  # finished ones are ignored
+            runner.abort(rid)
+
     async def handle(request: Request, chat: bool):
         body = await body_of(request)
         if eng.tokenizer is None and (chat or not isinstance(body.get("prompt"), list)):
             raise BadRequest("this model has no tokenizer: send prompts as token ids",
                              "prompt")
         prep = prepare(body, eng.tokenizer, chat, eng.max_model_len)
-        try:
-            rid, q = runner.submit(prep.prompt_ids, prep.params)
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
+        rids, q = submit_all(prep)
         kind = "chat.completion" if chat else "text_completion"
         oid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         n_prompt = len(prep.prompt_ids)
         if prep.stream:
-            return StreamingResponse(stream(request, rid, q, chat, oid, n_prompt, prep),
+            return StreamingResponse(stream(request, rids, q, chat, oid, n_prompt, prep),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        text, n_out, reason, lps = [], 0, None, []
+        index = {rid: i for i, rid in enumerate(rids)}
+        cands: list[list[Output]] = [[] for _ in rids]
         try:
-            async for o in outputs(q):
-                text.append(o.text)
-                n_out += 1
-                lps.append(o)
-                reason = o.finish_reason if o.finished else reason
+            async for o in outputs(q, len(rids)):
+                cands[index[o.request_id]].append(o)
         except asyncio.CancelledError:
-            runner.abort(rid)
+            abort_all(rids)
             raise
+        n_out = sum(len(c) for c in cands)  # every candidate was computed
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out,
                  "total_tokens": n_prompt + n_out}
-        content = "".join(text)
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": content},
-                      "logprobs": _chat_logprobs(lps, eng) if prep.params.logprobs is not None
-                      else None, "finish_reason": reason}
-        else:
-            choice = {"index": 0, "text": content, "finish_reason": reason,
-                      "logprobs": _completion_logprobs(lps, eng)
-                      if prep.params.logprobs is not None else None}
+        chosen = best_candidates(cands, prep.n) if prep.best_of > prep.n else range(prep.n)
+        choices = []
+        for j, i in enumerate(chosen):
+            lps = cands[i]
+            content = "".join(o.text for o in lps)
+            reason = lps[-1].finish_reason if lps and lps[-1].finished else None
+            if chat:
+                choice = {"index": j, "message": {"role": "assistant", "content": content},
+                          "logprobs": _chat_logprobs(lps, eng)
+                          if prep.params.logprobs is not None else None,
+                          "finish_reason": reason}
+            else:
+                choice = {"index": j, "text": content, "finish_reason": reason,
+                          "logprobs": _completion_logprobs(lps, eng)
+                          if prep.params.logprobs is not None else None}
+            choices.append(choice)
         return {"id": oid, "object": kind, "created": int(time.time()), "model": model_name,
-                "choices": [choice], "usage": usage, "system_fingerprint": "lmspec",
+                "choices": choices, "usage": usage, "system_fingerprint": "lmspec",
                 "seed": prep.params.seed}
 
-    async def outputs(q: asyncio.Queue):
-        while True:
+    async def outputs(q: asyncio.Queue, count: int = 1):
+        """The Outputs of ``count`` requests sharing ``q``, until each has ended."""
+        while count:
             item = await q.get()
             if item is None:
-                return
+                count -= 1
+                continue
             if isinstance(item, BaseException):
                 raise BadRequest(f"engine failed: {item!r}", status=500, kind="server_error")
             yield item
 
-    async def stream(request, rid, q, chat, oid, n_prompt, prep):
+    async def stream(request, rids, q, chat, oid, n_prompt, prep):
+        """The n choices' chunks interleaved as they come, each with its index; [DONE] once
+        all n have ended."""
         kind = "chat.completion.chunk" if chat else "text_completion"
+        index = {rid: i for i, rid in enumerate(rids)}
         n_out = 0
 
-        def chunk(delta: str | None, reason, role=False):
+        def chunk(i: int, delta: str | None, reason, role=False):
             if chat:
                 d = {"role": "assistant", "content": ""} if role else (
                     {} if delta is None else {"content": delta})
-                c = {"index": 0, "delta": d, "logprobs": None, "finish_reason": reason}
+                c = {"index": i, "delta": d, "logprobs": None, "finish_reason": reason}
             else:
-                c = {"index": 0, "text": delta or "", "logprobs": None,
+                c = {"index": i, "text": delta or "", "logprobs": None,
                      "finish_reason": reason}
             return "data: " + json.dumps({"id": oid, "object": kind,
                                           "created": int(time.time()), "model": model_name,
@@ -373,16 +448,18 @@ def build_app(runner: EngineRunner, model_name: str):
 
         try:
             if chat:
-                yield chunk(None, None, role=True)
-            async for o in outputs(q):
+                for i in range(len(rids)):
+                    yield chunk(i, None, None, role=True)
+            async for o in outputs(q, len(rids)):
                 n_out += 1
                 if await request.is_disconnected():
-                    runner.abort(rid)
+                    abort_all(rids)
                     return
+                i = index[o.request_id]
                 if o.text:
-                    yield chunk(o.text, None)
+                    yield chunk(i, o.text, None)
                 if o.finished:
-                    yield chunk(None if chat else "", o.finish_reason)
+                    yield chunk(i, None if chat else "", o.finish_reason)
             if prep.include_usage:
                 yield "data: " + json.dumps({
                     "id": oid, "object": kind, "created": int(time.time()),
@@ -391,7 +468,7 @@ def build_app(runner: EngineRunner, model_name: str):
                               "total_tokens": n_prompt + n_out}}) + "\n\n"
             yield "data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
-            runner.abort(rid)  # the client went away: free its blocks
+            abort_all(rids)  # the client went away: free every choice's blocks
             raise
 
     @app.post("/v1/completions")

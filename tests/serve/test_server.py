@@ -1,8 +1,8 @@
 """lmspec serve, through the official ``openai`` client on loopback: completions, chat,
-streaming, stop strings, seeds, usage, OpenAI-shaped 4xx errors after which the server keeps
-serving, a client that disconnects mid-stream freeing its blocks, a bounded load test, and
-SIGTERM draining in-flight requests. The model is tiny-llama with random weights over a
-vocabulary trained here on a slice of the stdlib."""
+streaming, stop strings, seeds, usage, n choices and best_of, OpenAI-shaped 4xx errors after
+which the server keeps serving, a client that disconnects mid-stream freeing its blocks, a
+bounded load test, and SIGTERM draining in-flight requests. The model is tiny-llama with
+random weights over a vocabulary trained here on a slice of the stdlib."""
 
 from __future__ import annotations
 
@@ -153,8 +153,9 @@ def test_stop_strings(client):
 
 
 @pytest.mark.parametrize("bad", [
-    {"temperature": -1}, {"max_tokens": 0}, {"top_p": 0}, {"n": 2}, {"max_tokens": 10_000},
-    {"stop": [""]}, {"seed": "x"}, {"presence_penalty": 5}])
+    {"temperature": -1}, {"max_tokens": 0}, {"top_p": 0}, {"n": 0}, {"n": 99}, {"n": 1.5},
+    {"max_tokens": 10_000}, {"stop": [""]}, {"seed": "x"}, {"seed": -1},
+    {"presence_penalty": 5}, {"n": 2, "best_of": 1}, {"best_of": 2, "stream": True}])
 def test_bad_requests_get_openai_4xx_and_the_server_keeps_serving(client, bad):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(**{"model": NAME, "prompt": "x", "max_tokens": 4, **bad})
@@ -162,6 +163,64 @@ def test_bad_requests_get_openai_4xx_and_the_server_keeps_serving(client, bad):
     assert set(body["error"]) >= {"message", "type", "param", "code"}
     assert body["error"]["type"] == "invalid_request_error"
     assert client.completions.create(model=NAME, prompt="x", max_tokens=2).usage
+
+
+SAMPLED = dict(model=NAME, prompt="import os\n", max_tokens=8, temperature=1.0, seed=11,
+               extra_body={"ignore_eos": True})
+
+
+def test_n_choices_are_the_derived_seeds_requests_and_stream_interleaved(client):
+    """n=3: choices 0..2, choice i the single request seeded seed + i; usage sums them; the
+    streamed chunks, split by index, give the same texts, with one finish per choice."""
+    r = client.completions.create(**SAMPLED, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    alone = [client.completions.create(**{**SAMPLED, "seed": 11 + i}).choices[0].text
+             for i in range(3)]
+    assert [c.text for c in r.choices] == alone and len(set(alone)) > 1
+    assert r.usage.completion_tokens == 3 * 8
+    chunks = list(client.completions.create(**SAMPLED, n=3, stream=True,
+                                            stream_options={"include_usage": True}))
+    texts, finished = ["", "", ""], [0, 0, 0]
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] += ch.text
+            finished[ch.index] += ch.finish_reason is not None
+    assert texts == alone and finished == [1, 1, 1]
+    assert chunks[-1].usage.completion_tokens == 3 * 8
+    msgs = [{"role": "user", "content": "hi"}]
+    chat = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=4, n=2,
+                                          temperature=1.0, seed=3)
+    assert [c.index for c in chat.choices] == [0, 1]
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        client.chat.completions.create(model=NAME, messages=msgs, max_tokens=4,
+                                       extra_body={"best_of": 2})
+
+
+def test_best_of_returns_the_most_likely_candidates(client):
+    """best_of=5, n=2: the two of the five candidates (n=5's choices, the same seeds) whose
+    sampled tokens have the highest summed log-prob, most likely first; usage counts all."""
+    five = client.completions.create(**SAMPLED, n=5, logprobs=0).choices
+    score = [sum(c.logprobs.token_logprobs) for c in five]
+    order = sorted(range(5), key=lambda i: -score[i])
+    assert order[:2] != [0, 1]  # the case tells the ranking from the first two (seed 11)
+    r = client.completions.create(**SAMPLED, n=2, best_of=5)
+    assert [c.text for c in r.choices] == [five[i].text for i in order[:2]]
+    assert [c.index for c in r.choices] == [0, 1] and r.usage.completion_tokens == 5 * 8
+
+
+def test_a_cancelled_n_stream_frees_every_choice(client, server):
+    engine = server[0]
+    _idle(engine)
+    free, decoded = engine.blocks.num_available_blocks, engine.stats["decode_tokens"]
+    with httpx.stream("POST", server[1] + "/completions",
+                      json={"model": NAME, "prompt": "x" * 50, "max_tokens": 200, "n": 3,
+                            "stream": True, "ignore_eos": True, "temperature": 1.0}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    _idle(engine)
+    assert engine.blocks.num_available_blocks == free
+    assert engine.stats["decode_tokens"] - decoded < 200  # all three aborted, not one
 
 
 def test_unknown_model_malformed_json_and_unknown_path(client, server):

@@ -51,6 +51,10 @@ def add_parser(sub) -> None:
     sp.add_argument("--valid-every", type=int, default=20,
                     help="hold out every K-th document for validation (20)")
     sp.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
+    sp.add_argument("--nproc", type=int, default=1,
+                    help="data-parallel processes under torchrun (gloo; torch_triton): each "
+                         "takes --micro-batches / N of every step's micro-batches, and the "
+                         "run equals the one-process run (1)")
     sp.add_argument("--plan", action="store_true",
                     help="print a scaling-law plan for --params instead of training")
     sp.add_argument("--params", type=_positive_float, help="parameters N for --plan, e.g. 1e9")
@@ -90,6 +94,8 @@ def cmd_train(args) -> int:
         backends.load(args.backend)
     except (KeyError, backends.BackendUnavailable) as e:
         raise CliError(f"--backend {args.backend}: {e}") from None
+    if args.nproc != 1:
+        return _relaunch(args)
     run = RunConfig(model=args.model, backend=args.backend, steps=args.steps,
                     batch_size=args.batch_size, micro_batches=args.micro_batches,
                     seq_len=args.seq_len, lr=args.lr, schedule=args.schedule,
@@ -106,3 +112,42 @@ def cmd_train(args) -> int:
         print(json.dumps(summary))
     return 0
 
+
+
+_FORWARDED = ("model", "backend", "steps", "out", "batch_size", "micro_batches", "seq_len", "lr",
+              "schedule", "warmup", "dtype", "eval_every", "ckpt_every", "keep_last", "seed",
+              "corpus_bytes", "valid_every")
+
+
+def _relaunch(args) -> int:
+    """--nproc N: the same command under torchrun with N processes (lmspec.train.loop runs
+    data-parallel when torchrun's WORLD_SIZE is set)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lmspec.conformance.cli import CliError
+
+    n = args.nproc
+    if n < 1:
+        raise CliError(f"--nproc: expected >= 1, got {n}")
+    if args.backend != "torch_triton":
+        raise CliError(f"--nproc: data-parallel training runs on torch_triton, not "
+                       f"{args.backend}")
+    if args.micro_batches % n:
+        raise CliError(f"--micro-batches: expected a multiple of --nproc {n} (each process "
+                       f"takes the same number), got {args.micro_batches}")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        raise CliError("--nproc: torchrun not found (it comes with torch)")
+    argv = ["train"]
+    for name in _FORWARDED:
+        argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    argv += [f for f, on in (("--resume", args.resume), ("--no-progress", args.no_progress),
+                             ("--json", args.json)) if on]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [torchrun, f"--nproc_per_node={n}", "--master_port=0", "--rdzv_backend=c10d",
+           "--rdzv_endpoint=localhost:0", "-m", "lmspec.conformance.cli", *argv]
+    return subprocess.run(cmd, env=env).returncode

@@ -255,5 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m: run the imported module's main, so that the CliError
+    # raised by the subcommands (which import lmspec.conformance.cli) is the one main catches
+    from lmspec.conformance.cli import main as _main
+
+    sys.exit(_main())

@@ -273,15 +273,22 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
     b = backends.load(run.backend)
     if not b.has("train_step"):
         raise ValueError(f"backend: {run.backend} implements no train_step")
+    dp = _DataParallel.from_env(run)  # under torchrun: this process's share of each step
+    if dp is not None and dp.rank:
+        log, interactive = (lambda s: None), False  # rank 0 logs, evaluates and saves
     latest = checkpoint_to_resume(out, resume)
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     if cache_dir is None:
         cache_dir = os.environ.get("LMSPEC_TRAIN_CACHE") or out / "cache"
+    if dp is not None and dp.rank:
+        dp.barrier()  # rank 0 builds the data cache first; the others then read it
     data = D.default_data(run.seq_len, vocab_size=run.vocab_size, max_bytes=run.corpus_bytes,
                           vocab_bytes=min(run.corpus_bytes, 1_000_000), every=run.valid_every,
                           cache_dir=cache_dir)
+    if dp is not None and not dp.rank:
+        dp.barrier()
     tc = run.train_config()
     batches = D.Batches(data.train, run.batch_size, run.micro_batches, seed=run.seed)
     if resume:
@@ -297,18 +304,21 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
     else:
         config, params = resolve_model(run.model, data.vocab.n_vocab, run.seed)
         opt, step = init_opt_state(params, config), 0
+    lead = dp is None or not dp.rank
+    if lead and not resume:
         (out / "vocab.json").write_text(json.dumps(data.vocab.to_json()))
-    (out / "run.json").write_text(json.dumps({
-        "run": run.to_dict(), "model_config": config.to_dict(),
-        "n_params": n_params(config), "n_vocab": data.vocab.n_vocab,
-        "unigram_entropy": data.entropy, "train_rows": len(data.train["tokens"]),
-        "valid_rows": len(data.valid["tokens"])}, indent=1))
+    if lead:
+        _write_run_json(out, run, config, data)
     log(f"{run.backend}: {config.name or run.model}, {n_params(config) / 1e6:.2f}M params, "
         f"{len(data.train['tokens'])} train rows of {run.seq_len} tokens, vocabulary "
         f"{data.vocab.n_vocab}, unigram entropy {data.entropy:.3f} nats/token "
         f"(data ready in {time.perf_counter() - t0:.1f} s)")
 
-    metrics = Metrics(out / "metrics.jsonl", keep_before=step + 1 if resume else 0)
+    metrics = (Metrics(out / "metrics.jsonl", keep_before=step + 1 if resume else 0) if lead
+               else _NoMetrics())
+    if dp is not None:
+        log(f"data-parallel: {dp.world} processes, {run.micro_batches // dp.world} "
+            f"micro-batch(es) of {run.batch_size} rows each per step")
     if not resume:
         metrics.write(0, "train", unigram_entropy=data.entropy)
     packed = _takes_segments(config)
@@ -316,7 +326,7 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
         log("note: MLA and lightning attention take no segment ids (spec/model.py): packed "
             "rows attend across document boundaries here (targets never cross them)")
     state = State(_to_backend(b, params), _to_backend(b, opt), step)
-    fn = b.fn("train_step")
+    fn = b.fn("train_step") if dp is None else dp.step
     bar = _progress(interactive, run.steps, step)
     end = run.steps if stop_after is None else min(run.steps, step + stop_after)
     val = math.nan
@@ -341,7 +351,7 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
             metrics.write(state.step, "train", loss=loss, ce=float(m["ce"]),
                           grad_norm=float(m["grad_norm"]), lr=float(m["lr"]),
                           tokens_per_s=n_tok / dt)
-            if state.step % run.eval_every == 0 or state.step == run.steps:
+            if lead and (state.step % run.eval_every == 0 or state.step == run.steps):
                 val = evaluate(b, state.params, config, data.valid, run.batch_size,
                                run.eval_batches, run.compute_dtype)
                 metrics.write(state.step, "valid", loss=val)
@@ -353,12 +363,14 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
                 bar.update(bar.task_ids[0], completed=state.step, info=info)
             elif state.step % run.log_every == 0 or state.step == end:
                 log(f"step {state.step}/{run.steps}  {info}")
-            if state.step % run.ckpt_every == 0 or state.step == run.steps:
+            if lead and (state.step % run.ckpt_every == 0 or state.step == run.steps):
                 _save(out, b, state, config, tc, run, batches)
     finally:
         if bar is not None:
             bar.stop()
         metrics.close()
+        if dp is not None:
+            dp.close()
     summary = {"step": state.step, "steps": run.steps, "val_loss": val,
                "unigram_entropy": data.entropy, "tokens": tokens_seen,
                "tokens_per_s": tokens_seen / max(time.perf_counter() - t_start, 1e-9),
@@ -367,6 +379,71 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
         log(f"done: validation loss {val:.3f} nats/token against the corpus' unigram "
             f"entropy {data.entropy:.3f} ({'below' if val < data.entropy else 'NOT below'})")
     return summary
+
+
+def _write_run_json(out: Path, run: RunConfig, config: ModelConfig, data) -> None:
+    (out / "run.json").write_text(json.dumps({
+        "run": run.to_dict(), "model_config": config.to_dict(),
+        "n_params": n_params(config), "n_vocab": data.vocab.n_vocab,
+        "unigram_entropy": data.entropy, "train_rows": len(data.train["tokens"]),
+        "valid_rows": len(data.valid["tokens"])}, indent=1))
+
+
+class _NoMetrics:
+    """The metrics of a rank other than 0: written by rank 0 only."""
+
+    def write(self, *args, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _DataParallel:
+    """A torchrun process (WORLD_SIZE > 1): every rank draws the same batches in the same order
+    and steps on its contiguous share of each batch's micro-batches with torch_triton's
+    data_parallel_train_step, so the run equals the one-process run."""
+
+    rank: int
+    world: int
+    owns_group: bool
+
+    @classmethod
+    def from_env(cls, run: RunConfig) -> _DataParallel | None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return None
+        if run.backend != "torch_triton":
+            raise ValueError(f"backend: data-parallel training (WORLD_SIZE {world}) runs on "
+                             f"torch_triton, not {run.backend}")
+        if run.micro_batches % world:
+            raise ValueError(f"micro_batches: expected a multiple of the {world} processes, "
+                             f"got {run.micro_batches}")
+        import torch.distributed as dist
+
+        owns = not dist.is_initialized()
+        if owns:
+            dist.init_process_group("gloo")
+        return cls(dist.get_rank(), world, owns)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def step(self, params, opt_state, batch, step, **kw):
+        from lmspec.backends.torch_triton.train_step import data_parallel_train_step
+
+        a = batch["tokens"].shape[0] // self.world
+        mine = {k: v[self.rank * a:(self.rank + 1) * a] for k, v in batch.items()}
+        return data_parallel_train_step(params, opt_state, mine, step, **kw)
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _save(out: Path, b, state: State, config: ModelConfig, tc: TrainConfig, run: RunConfig,

@@ -129,16 +129,14 @@ def _relaunch(args) -> int:
     from pathlib import Path
 
     from lmspec.conformance.cli import CliError
+    from lmspec.train.loop import data_parallel_problem
 
     n = args.nproc
     if n < 1:
         raise CliError(f"--nproc: expected >= 1, got {n}")
-    if args.backend != "torch_triton":
-        raise CliError(f"--nproc: data-parallel training runs on torch_triton, not "
-                       f"{args.backend}")
-    if args.micro_batches % n:
-        raise CliError(f"--micro-batches: expected a multiple of --nproc {n} (each process "
-                       f"takes the same number), got {args.micro_batches}")
+    problem = data_parallel_problem(args.backend, args.micro_batches, n)
+    if problem:
+        raise CliError(problem)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
         raise CliError("--nproc: torchrun not found (it comes with torch)")

@@ -399,6 +399,16 @@ class _NoMetrics:
         pass
 
 
+def data_parallel_problem(backend: str, micro_batches: int, world: int) -> str | None:
+    """Why a run cannot be data-parallel over ``world`` processes (None: it can)."""
+    if backend != "torch_triton":
+        return f"backend: data-parallel training runs on torch_triton, not {backend}"
+    if micro_batches % world:
+        return (f"micro_batches: expected a multiple of the {world} processes (each takes "
+                f"the same number), got {micro_batches}")
+    return None
+
+
 @dataclass
 class _DataParallel:
     """A torchrun process (WORLD_SIZE > 1): every rank draws the same batches in the same order
@@ -414,12 +424,9 @@ class _DataParallel:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return None
-        if run.backend != "torch_triton":
-            raise ValueError(f"backend: data-parallel training (WORLD_SIZE {world}) runs on "
-                             f"torch_triton, not {run.backend}")
-        if run.micro_batches % world:
-            raise ValueError(f"micro_batches: expected a multiple of the {world} processes, "
-                             f"got {run.micro_batches}")
+        problem = data_parallel_problem(run.backend, run.micro_batches, world)
+        if problem:
+            raise ValueError(problem)
         import torch.distributed as dist
 
         owns = not dist.is_initialized()

@@ -25,26 +25,23 @@ def _run(cmd: list[str], env: dict) -> None:
     assert "OK" in proc.stdout, tail
 
 
-def test_torch_all_to_all_equals_single_process():
+def _torchrun(worker: str, nproc: int) -> None:
     pytest.importorskip("torch")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
         pytest.skip("torchrun not found")
-    _run([torchrun, "--nproc_per_node=4", "--master_port=0", "--rdzv_backend=c10d",
-          "--rdzv_endpoint=localhost:0", str(HERE / "_ep_torch_worker.py")],
-         {"OMP_NUM_THREADS": "1"})
+    _run([torchrun, f"--nproc_per_node={nproc}", "--master_port=0", "--rdzv_backend=c10d",
+          "--rdzv_endpoint=localhost:0", str(HERE / worker)], {"OMP_NUM_THREADS": "1"})
+
+
+def test_torch_all_to_all_equals_single_process():
+    _torchrun("_ep_torch_worker.py", 4)
 
 
 def test_torch_data_parallel_step_equals_single_process():
     """torchrun, 2 gloo ranks, one micro-batch each: data_parallel_train_step is bit-identical
     to the one-process step (see _dp_torch_worker.py), and a per-rank normalisation is not."""
-    pytest.importorskip("torch")
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    if not Path(torchrun).exists():
-        pytest.skip("torchrun not found")
-    _run([torchrun, "--nproc_per_node=2", "--master_port=0", "--rdzv_backend=c10d",
-          "--rdzv_endpoint=localhost:0", str(HERE / "_dp_torch_worker.py")],
-         {"OMP_NUM_THREADS": "1"})
+    _torchrun("_dp_torch_worker.py", 2)
 
 
 def test_jax_shard_map_equals_single_process():

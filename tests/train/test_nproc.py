@@ -50,8 +50,8 @@ def test_two_processes_equal_one(tmp_path):
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (["--nproc", "2", "--micro-batches", "3"], "--micro-batches: expected a multiple"),
-    (["--nproc", "2", "--backend", "reference"], "--nproc: data-parallel"),
+    (["--nproc", "2", "--micro-batches", "3"], "micro_batches: expected a multiple"),
+    (["--nproc", "2", "--backend", "reference"], "backend: data-parallel"),
     (["--nproc", "0"], "--nproc: expected >= 1")])
 def test_bad_combinations_are_refused(tmp_path, capsys, bad, msg):
     from lmspec.conformance.cli import main

@@ -34,6 +34,7 @@ from lmspec.spec.model import (
     cached_length,
     check_args,
     check_tokens,
+    check_weights,
     default_positions,
     lightning_log_decay,
     trainable,
@@ -276,8 +277,8 @@ def model(params, tokens, positions=None, segment_ids=None, caches=None, *,
 
 def _loss_inputs(params, tokens, targets, positions, segment_ids, config, n_tokens,
                  weights=None):
-    check_args(params, tokens, positions, segment_ids, None, config=config, weights=weights)
     toks, pos, seg = _prepare(params, tokens, positions, segment_ids, None, config)
+    check_weights(weights, tuple(toks.shape))  # the rest of check_args ran in _prepare
     tg = np.asarray(targets)
     if tg.shape != tuple(toks.shape):
         raise ValueError(f"targets: expected shape {tuple(toks.shape)}, got {tg.shape}")

@@ -243,27 +243,42 @@ def test_accumulation_invariance(target, case):
 
 def _same(target, case, test, name, a, b, magnitude: float) -> None:
     """a and b are (backend, naive, reference) of one output under two splittings: equal
-    on the float64 reference, and on the backend within K x (both naive errors) + floors;
-    the sides are compared with each other, not each with the reference (a backend rounds
-    both the same way; each side's distance to the reference is its own business, judged
-    by test_step)."""
+    on the float64 reference, and on the backend within K x (both naive errors) + floors
+    (``split_gap``)."""
     (ga, na, ra), (gb, nb, rb) = ([np.asarray(x, np.float64) if i else _np(target, x)
                                    for i, x in enumerate(s)] for s in (a, b))
+    master = np.float64 if target.np_dtype == np.float64 else np.float32
+    problem = split_gap((ga, na, ra), (gb, nb, rb), master, magnitude)
+    if problem and problem.startswith("REFERENCE"):
+        pytest.fail(f"{test}: {name} differs on the float64 {problem}: the spec or the "
+                    f"reference is wrong. case: {case.describe()}")
+    _results.record_check(STEM, target, test, name, None)
+    if problem:
+        check.fail(f"{test}: {name} differs between the splittings by {problem}", target,
+                   STEM, test, name, case)
+
+
+def split_gap(a, b, master, magnitude: float = 0.0) -> str | None:
+    """None when one output computed two ways that are the same math (8x1 and 1x8
+    micro-batches; one device and a mesh) agrees, else what differs. ``a`` and ``b`` are
+    (backend, naive, reference) float64 arrays of each way: the references must agree to
+    1e-9 of the scale (else "REFERENCE ..."), and the backend's two sides within
+    K x (both naive errors) + 2 floors of the master dtype. The sides are compared with each
+    other, not each with the reference: a backend rounds both the same way, and each side's
+    distance to the reference is test_step's business."""
+    (ga, na, ra), (gb, nb, rb) = ([np.asarray(x, np.float64) for x in s] for s in (a, b))
     scale = max(float(np.max(np.abs(ra), initial=0.0)), magnitude)
     gap = float(np.max(np.abs(ra - rb), initial=0.0))
     if gap > 1e-9 * max(scale, 1e-30):
-        pytest.fail(f"{test}: {name} differs on the float64 REFERENCE (gap {gap:.3g}): the "
-                    f"spec or the reference is wrong. case: {case.describe()}")
+        return f"REFERENCE (gap {gap:.3g})"
     naive_err = float(np.max(np.abs(na - ra), initial=0.0) + np.max(np.abs(nb - rb),
                                                                        initial=0.0))
-    master = np.float64 if target.np_dtype == np.float64 else np.float32
     bound = K["gradient"] * naive_err + 2 * floor_for(np.dtype(master), FLOOR_ULPS, scale)
     err = float(np.max(np.abs(ga - gb), initial=0.0))
-    _results.record_check(STEM, target, test, name, None)
-    if not err <= bound:
-        check.fail(f"{test}: {name} differs between the splittings by {err:.3g} > bound "
-                   f"{bound:.3g} (= {K['gradient']:g} x naive errors {naive_err:.3g} + floor)",
-                   target, STEM, test, name, case)
+    if err <= bound:
+        return None
+    return (f"{err:.3g} > bound {bound:.3g} (= {K['gradient']:g} x naive errors "
+            f"{naive_err:.3g} + floor)")
 
 
 def test_errors(target):

@@ -36,6 +36,7 @@ from lmspec.spec._model_config import (
     param_kind,
     param_shapes,
     preset,
+    tensor_parallel_dim,
     trainable,
 )
 from lmspec.spec.rope import scalings
@@ -45,7 +46,8 @@ __all__ = [
     "MoEConfig", "active_params_per_token", "cache_shapes", "check_args", "check_weights",
     "default_positions",
     "init_params", "kv_cache_bytes_per_token", "lightning_log_decay", "model", "model_configs",
-    "model_grad", "model_loss", "n_params", "param_kind", "param_shapes", "preset", "trainable",
+    "model_grad", "model_loss", "n_params", "param_kind", "param_shapes", "preset",
+    "tensor_parallel_dim", "trainable",
 ]
 
 

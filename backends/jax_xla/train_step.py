@@ -14,7 +14,7 @@ import numpy as np
 
 from lmspec.backends.jax_xla.model import _int32, _objective
 from lmspec.spec.cross_entropy import check_targets
-from lmspec.spec.model import default_positions, trainable
+from lmspec.spec.model import default_positions, tensor_parallel_dim, trainable
 from lmspec.spec.train_step import (
     check_args,
     lr_at,
@@ -23,7 +23,7 @@ from lmspec.spec.train_step import (
     n_valid,
 )
 
-__all__ = ["train_step"]
+__all__ = ["mesh_train_step", "train_step"]
 
 _DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -80,6 +80,62 @@ def _step(params, m, v, tokens, targets, pos, seg, wts, n_div, lr, bc1, bc2, *, 
 def train_step(params, opt_state, batch, step, *, model_config, train_config):
     check_args(params, opt_state, batch, step, model_config=model_config,
                train_config=train_config)
+    arrays, scalars, n, lr = _inputs(batch, step, model_config, train_config)
+    return _finish(_step(dict(params), dict(opt_state["m"]), dict(opt_state["v"]), *arrays,
+                         *scalars, model_config=model_config, train_config=train_config), n, lr)
+
+
+def mesh_train_step(mesh, params, opt_state, batch, step, *, model_config, train_config,
+                    data_axis: str = "data", model_axis: str | None = "model"):
+    """``train_step`` on a ``jax.sharding.Mesh``: the same jitted step, its inputs placed by
+    ``NamedSharding`` and XLA's partitioner inserting the collectives. Every micro-batch's rows
+    are split over ``data_axis`` (data parallelism: each device's share of the gradient sum,
+    all-reduced); the parameters and both moments are split over ``model_axis`` by
+    ``tensor_parallel_dim`` (Megatron's column / row split of the attention and FFN
+    projections, routed experts by expert, the vocabulary of the embedding and head) and
+    replicated along the data axis; ``model_axis=None`` replicates them.
+    The math is the single-device step's: only the order of the float32 sums differs."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    check_args(params, opt_state, batch, step, model_config=model_config,
+               train_config=train_config)
+    axes = dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))
+    if data_axis not in axes:
+        raise ValueError(f"data_axis: {data_axis!r} is not an axis of the mesh {axes}")
+    if model_axis is not None and model_axis not in axes:
+        raise ValueError(f"model_axis: {model_axis!r} is not an axis of the mesh {axes} "
+                         "(pass model_axis=None to replicate the parameters)")
+    rows = np.shape(batch["tokens"])[1]
+    if rows % axes[data_axis]:
+        raise ValueError(f"batch: {rows} rows per micro-batch do not split over the "
+                         f"{axes[data_axis]} devices of mesh axis {data_axis!r}")
+    arrays, scalars, n, lr = _inputs(batch, step, model_config, train_config)
+    shards = axes.get(model_axis, 1) if model_axis is not None else 1
+
+    def place_param(name, a):
+        spec = [None] * np.ndim(a)
+        dim = tensor_parallel_dim(name, model_config)
+        if shards > 1 and dim is not None and np.shape(a)[dim] % shards == 0:
+            spec[dim] = model_axis
+        return jax.device_put(a, NamedSharding(mesh, P(*spec)))
+
+    def place_rows(a):  # (A, B, T): B over the data axis
+        return None if a is None else jax.device_put(
+            a, NamedSharding(mesh, P(None, data_axis, None)))
+
+    state = [{k: place_param(k, a) for k, a in d.items()}
+             for d in (params, opt_state["m"], opt_state["v"])]
+    replicated = NamedSharding(mesh, P())
+    return _finish(_step(*state, *(place_rows(a) for a in arrays),
+                         *(jax.device_put(x, replicated) for x in scalars),
+                         model_config=model_config, train_config=train_config), n, lr)
+
+
+def _inputs(batch, step, model_config, train_config):
+    """The step's device inputs: (tokens, targets, positions, segment ids, weights) stacked
+    per micro-batch, the traced scalars (token count, lr, both bias corrections), the token
+    count and the learning rate."""
     tc = train_config
     toks = np.asarray(batch["tokens"])
     tg = np.asarray(batch["targets"])
@@ -96,9 +152,11 @@ def train_step(params, opt_state, batch, step, *, model_config, train_config):
     lr = lr_at(int(step), tc.lr, tc.schedule)
     k = int(step) + 1
     scalars = [jnp.float32(x) for x in (max(n, 1), lr, 1 - tc.beta1 ** k, 1 - tc.beta2 ** k)]
-    new_p, new_m, new_v, sums, norm, clip, loads = _step(
-        dict(params), dict(opt_state["m"]), dict(opt_state["v"]), _int32(toks), _int32(tg),
-        _int32(pos), _int32(seg), wts, *scalars, model_config=model_config, train_config=tc)
+    return (_int32(toks), _int32(tg), _int32(pos), _int32(seg), wts), scalars, n, lr
+
+
+def _finish(out, n, lr):
+    new_p, new_m, new_v, sums, norm, clip, loads = out
     loss, ce, bal, mtp = (float(x) for x in np.asarray(sums))
     return new_p, {"m": new_m, "v": new_v}, {
         "loss": loss, "ce": ce, "balance": bal, "mtp": mtp, "grad_norm": float(norm),

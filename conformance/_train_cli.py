@@ -55,6 +55,10 @@ def add_parser(sub) -> None:
                     help="data-parallel processes under torchrun (gloo; torch_triton): each "
                          "takes --micro-batches / N of every step's micro-batches, and the "
                          "run equals the one-process run (1)")
+    sp.add_argument("--mesh", metavar="data=D[,model=M]",
+                    help="jax_xla on a mesh of D x M devices: each step's rows split over "
+                         "data, the weights (Megatron's split, experts by expert) over model; "
+                         "on CPU as many host devices (XLA_FLAGS, set here)")
     sp.add_argument("--plan", action="store_true",
                     help="print a scaling-law plan for --params instead of training")
     sp.add_argument("--params", type=_positive_float, help="parameters N for --plan, e.g. 1e9")
@@ -90,6 +94,20 @@ def cmd_train(args) -> int:
     from lmspec import backends
     from lmspec.train.loop import RunConfig, train
 
+    mesh = None
+    if args.mesh is not None:
+        from lmspec.train.distributed import mesh_problem, parse_mesh, want_host_devices
+
+        if args.nproc != 1:
+            raise CliError("--mesh and --nproc: one or the other (a mesh run is one process)")
+        try:
+            mesh = parse_mesh(args.mesh)
+        except ValueError as e:
+            raise CliError(f"--{e}") from None
+        problem = mesh_problem(args.backend, mesh, args.batch_size)
+        if problem:
+            raise CliError(problem)
+        want_host_devices(mesh)  # before the backend imports jax
     try:
         backends.load(args.backend)
     except (KeyError, backends.BackendUnavailable) as e:
@@ -105,7 +123,7 @@ def cmd_train(args) -> int:
                     corpus_bytes=args.corpus_bytes, valid_every=args.valid_every)
     try:
         summary = train(run, args.out, resume=args.resume,
-                        progress=False if args.no_progress else None)
+                        progress=False if args.no_progress else None, mesh=mesh)
     except (FileExistsError, FloatingPointError) as e:
         raise CliError(str(e)) from None
     if args.json:
@@ -129,7 +147,7 @@ def _relaunch(args) -> int:
     from pathlib import Path
 
     from lmspec.conformance.cli import CliError
-    from lmspec.train.loop import data_parallel_problem
+    from lmspec.train.distributed import data_parallel_problem
 
     n = args.nproc
     if n < 1:

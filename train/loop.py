@@ -31,6 +31,7 @@ from lmspec.spec._model_config import PRESETS, ModelConfig, init_params, n_param
 from lmspec.spec.train_step import Schedule, TrainConfig, init_opt_state
 from lmspec.train import checkpoint as ckpt
 from lmspec.train import data as D
+from lmspec.train.distributed import DataParallel, MeshStep, mesh_problem
 
 SCHEDULES = ("constant", "cosine", "wsd")
 
@@ -259,21 +260,32 @@ def checkpoint_to_resume(out: Path, resume: bool) -> Path | None:
 
 def train(run: RunConfig, out: str | Path, *, resume: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = None,
-          cache_dir: str | Path | None = None, stop_after: int | None = None) -> dict:
+          cache_dir: str | Path | None = None, stop_after: int | None = None,
+          mesh: dict[str, int] | None = None) -> dict:
     """Train ``run`` into ``out``; returns the summary (also the last line of the log).
 
     ``resume``: continue from the latest checkpoint in ``out`` (its run config must equal
     ``run`` but for ``steps``); without it, ``out`` must not hold checkpoints already.
     ``progress``: a progress bar (default: when stderr is a terminal; else a line every
     ``log_every`` steps through ``log``). ``stop_after``: leave after this many steps of
-    this call, as an interrupted run would (for tests and time-boxed runs)."""
+    this call, as an interrupted run would (for tests and time-boxed runs). ``mesh``:
+    ``{"data": D, "model": M}``, jax_xla's step on a mesh of D x M devices (train.distributed;
+    the run's numbers equal the one-device run's to float32 summation order, not bit for
+    bit)."""
     out = Path(out)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     interactive = sys.stderr.isatty() if progress is None else progress
     b = backends.load(run.backend)
     if not b.has("train_step"):
         raise ValueError(f"backend: {run.backend} implements no train_step")
-    dp = _DataParallel.from_env(run)  # under torchrun: this process's share of each step
+    dp = DataParallel.from_env(run)  # under torchrun: this process's share of each step
+    if mesh is not None:
+        problem = mesh_problem(run.backend, mesh, run.batch_size)
+        if problem:
+            raise ValueError(problem)
+        if dp is not None:
+            raise ValueError("mesh: a mesh run is one process (not under torchrun)")
+        mesh = MeshStep.build(mesh)
     if dp is not None and dp.rank:
         log, interactive = (lambda s: None), False  # rank 0 logs, evaluates and saves
     latest = checkpoint_to_resume(out, resume)
@@ -316,6 +328,8 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
 
     metrics = (Metrics(out / "metrics.jsonl", keep_before=step + 1 if resume else 0) if lead
                else _NoMetrics())
+    if mesh is not None:
+        log(mesh.describe())
     if dp is not None:
         log(f"data-parallel: {dp.world} processes, {run.micro_batches // dp.world} "
             f"micro-batch(es) of {run.batch_size} rows each per step")
@@ -326,7 +340,7 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False,
         log("note: MLA and lightning attention take no segment ids (spec/model.py): packed "
             "rows attend across document boundaries here (targets never cross them)")
     state = State(_to_backend(b, params), _to_backend(b, opt), step)
-    fn = b.fn("train_step") if dp is None else dp.step
+    fn = dp.step if dp is not None else mesh.step if mesh is not None else b.fn("train_step")
     bar = _progress(interactive, run.steps, step)
     end = run.steps if stop_after is None else min(run.steps, step + stop_after)
     val = math.nan
@@ -397,60 +411,6 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
-
-
-def data_parallel_problem(backend: str, micro_batches: int, world: int) -> str | None:
-    """Why a run cannot be data-parallel over ``world`` processes (None: it can)."""
-    if backend != "torch_triton":
-        return f"backend: data-parallel training runs on torch_triton, not {backend}"
-    if micro_batches % world:
-        return (f"micro_batches: expected a multiple of the {world} processes (each takes "
-                f"the same number), got {micro_batches}")
-    return None
-
-
-@dataclass
-class _DataParallel:
-    """A torchrun process (WORLD_SIZE > 1): every rank draws the same batches in the same order
-    and steps on its contiguous share of each batch's micro-batches with torch_triton's
-    data_parallel_train_step, so the run equals the one-process run."""
-
-    rank: int
-    world: int
-    owns_group: bool
-
-    @classmethod
-    def from_env(cls, run: RunConfig) -> _DataParallel | None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return None
-        problem = data_parallel_problem(run.backend, run.micro_batches, world)
-        if problem:
-            raise ValueError(problem)
-        import torch.distributed as dist
-
-        owns = not dist.is_initialized()
-        if owns:
-            dist.init_process_group("gloo")
-        return cls(dist.get_rank(), world, owns)
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-    def step(self, params, opt_state, batch, step, **kw):
-        from lmspec.backends.torch_triton.train_step import data_parallel_train_step
-
-        a = batch["tokens"].shape[0] // self.world
-        mine = {k: v[self.rank * a:(self.rank + 1) * a] for k, v in batch.items()}
-        return data_parallel_train_step(params, opt_state, mine, step, **kw)
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _save(out: Path, b, state: State, config: ModelConfig, tc: TrainConfig, run: RunConfig,

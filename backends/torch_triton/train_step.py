@@ -98,12 +98,14 @@ def _accumulate(master, batch, model_config, tc, n: int, a_total: int):
     return grads, sums, loads
 
 
-def _apply(master, opt_state, grads, sums, loads, step, n: int, model_config, tc):
-    """Global clipping, AdamW with torch's _foreach ops, the aux-loss-free bias update."""
+def _apply(master, opt_state, grads, sums, loads, step, n: int, model_config, tc, norm=None):
+    """Global clipping, AdamW with torch's _foreach ops, the aux-loss-free bias update.
+    ``norm``: the global gradient norm when ``grads`` are shards of the gradients (FSDP)."""
     wide = torch.float64 if master["embed"].dtype == torch.float64 else torch.float32
     names = list(grads)
     gl = [grads[k] for k in names]
-    norm = float(torch.sqrt(sum(torch.sum(g * g) for g in gl)))
+    if norm is None:
+        norm = float(torch.sqrt(sum(torch.sum(g * g) for g in gl)))
     clip = clip_factor(norm, tc.max_grad_norm)
     lr = lr_at(int(step), tc.lr, tc.schedule)
     t = int(step) + 1

@@ -1,10 +1,14 @@
-"""One rank of the torch data-parallel training check (torchrun, gloo, 2 or 4 ranks): every
-rank steps on its own micro-batch with ``data_parallel_train_step``; rank 0 requires the new
+"""One rank of the torch data-parallel training checks (torchrun, gloo, 2 or 4 ranks;
+``_dp_torch_worker.py ddp|fsdp``). ddp: every rank steps on its own micro-batch with
+``data_parallel_train_step`` (DDP's all-reduce of the summed gradients); fsdp: on its own two
+micro-batches with ``fsdp_train_step`` (FSDP2's fully_shard: weights all-gathered,
+gradients reduce-scattered once, AdamW on each rank's shards). Rank 0 requires the new
 parameters, both moments, the loss and the grad norm to equal the one-process ``train_step``
-on all the micro-batches (bit for bit on 2 ranks, where the all-reduce's sum of two terms is
-the one process's; on more, within ``_train_cases.differences``' bound, since gloo
-associates the sum differently), and a planted step that normalises each rank by its own
-token count (the per-micro-batch mean again, across ranks) to differ from it."""
+on all the micro-batches: bit for bit for ddp on 2 ranks, where the all-reduce's sum of two
+terms is the one process's; otherwise within ``_train_cases.differences``' bound, since the
+sums run in another order. Planted steps must differ from it: each rank normalised by its own
+token count (the per-micro-batch mean again, across ranks) and, under FSDP, the
+reduce-scatter's default mean over the ranks."""
 
 from __future__ import annotations
 
@@ -41,35 +45,57 @@ def _batch(config, weighted: bool, ranks: int) -> dict:
     return b
 
 
-def run(name: str, weighted: bool, rank: int, ranks: int) -> str | None:
+def _step(mode: str):
+    if mode == "fsdp":
+        from lmspec.backends.torch_triton.fsdp import fsdp_train_step
+        return fsdp_train_step
+    return TS.data_parallel_train_step
+
+
+def _plants(mode: str, ranks: int) -> dict:
+    """Planted bugs, each a context manager: each rank normalised by its own token count;
+    under FSDP also the reduce-scatter's default mean over ranks (the loss is already divided
+    by the whole batch's count: the ranks' gradients are to be summed)."""
+    real_all_reduce = dist.all_reduce
+
+    def local_counts(t, group=None):
+        if t.dtype != torch.int64 or t.numel() != 2:
+            real_all_reduce(t, group=group)
+        else:
+            t[1] *= ranks
+    out = {"per-rank normalisation": mock.patch.object(dist, "all_reduce", local_counts)}
+    if mode == "fsdp":
+        from torch.distributed.fsdp import FSDPModule
+        out["gradients averaged over ranks"] = mock.patch.object(
+            FSDPModule, "set_gradient_divide_factor", lambda self, f: None)
+    return out
+
+
+def run(mode: str, name: str, weighted: bool, rank: int, ranks: int) -> str | None:
     cfg = CONFIGS[name]
     tc = TrainConfig(lr=1e-2, max_grad_norm=0.5, schedule=Schedule("cosine", 2, 10),
                      bias_update_rate=1e-3 if cfg.moe else 0.0)
     params = {n: a.astype(np.float32) for n, a in init_params(cfg, 3).items()}
     opt = init_opt_state(params, cfg)
-    batch = _batch(cfg, weighted, ranks)
-    mine = {k: v[rank:rank + 1] for k, v in batch.items()}
-    got = TS.data_parallel_train_step(params, opt, mine, 3, model_config=cfg, train_config=tc)
-    real_all_reduce = dist.all_reduce
-
-    def local_counts(t, group=None):  # the planted bug: each rank keeps its own token count
-        if t.dtype != torch.int64 or t.numel() != 2:
-            real_all_reduce(t, group=group)
-        else:
-            t[1] *= ranks
-    with mock.patch.object(dist, "all_reduce", local_counts):
-        planted = TS.data_parallel_train_step(params, opt, mine, 3, model_config=cfg,
-                                              train_config=tc)
+    per = 2 if mode == "fsdp" else 1  # FSDP: two micro-batches per rank, one reduce-scatter
+    batch = _batch(cfg, weighted, ranks * per)
+    mine = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
+    fn = _step(mode)
+    got = fn(params, opt, mine, 3, model_config=cfg, train_config=tc)
+    planted = {}
+    for what, patch in _plants(mode, ranks).items():
+        with patch:
+            planted[what] = fn(params, opt, mine, 3, model_config=cfg, train_config=tc)
     if rank:
         return None
     want = TS.train_step(params, opt, batch, 3, model_config=cfg, train_config=tc)
-    label = f"{name}{' weighted' if weighted else ''}"
-    if ranks > 2:  # gloo's all-reduce sums in another order than the one process
+    label = f"{mode} {name}{' weighted' if weighted else ''}"
+    if ranks > 2 or mode == "fsdp":  # the sums in another order than the one process's
         naive, ref = sides(params, opt, batch, 3, cfg, tc)
         fails = differences(got, want, naive, ref, cfg)
-        return f"{label}: {'; '.join(fails)}" if fails else (
-            None if differences(planted, want, naive, ref, cfg) else
-            f"{label}: the planted per-rank normalisation was not told apart")
+        fails += [f"the planted {what} was not told apart" for what, bad in planted.items()
+                  if not differences(bad, want, naive, ref, cfg)]
+        return f"{label}: {'; '.join(fails)}" if fails else None
     for what, a, b in (("params", got[0], want[0]), ("m", got[1]["m"], want[1]["m"]),
                        ("v", got[1]["v"], want[1]["v"])):
         for k in b:
@@ -81,17 +107,22 @@ def run(name: str, weighted: bool, rank: int, ranks: int) -> str | None:
             return f"{label}: metrics[{k!r}] {got[2][k]} != {want[2][k]}"
     if cfg.moe and not torch.equal(got[2]["loads"], want[2]["loads"]):
         return f"{label}: loads differ"
-    if all(np.array_equal(np.asarray(planted[0][k]), np.asarray(want[0][k])) for k in want[0]
-           if k in want[1]["m"]):
-        return f"{label}: the planted per-rank normalisation was not told apart"
+    for what, bad in planted.items():
+        if all(np.array_equal(np.asarray(bad[0][k]), np.asarray(want[0][k])) for k in want[0]
+               if k in want[1]["m"]):
+            return f"{label}: the planted {what} was not told apart"
     return None
 
 
 def main() -> int:
+    mode = sys.argv[1] if len(sys.argv) > 1 else "ddp"
+    assert mode in ("ddp", "fsdp"), f"mode: expected ddp or fsdp, got {mode!r}"
     dist.init_process_group("gloo")
     rank, ranks = dist.get_rank(), dist.get_world_size()
     assert ranks > 1, "run with --nproc_per_node=2 or more"
-    fails = [f for f in (run(n, w, rank, ranks) for n in CONFIGS for w in (False, True)) if f]
+    cases = ([("dense", False), ("moe", True)] if mode == "fsdp" else
+             [(n, w) for n in CONFIGS for w in (False, True)])
+    fails = [f for f in (run(mode, n, w, rank, ranks) for n, w in cases) if f]
     if rank == 0:
         print("\n".join(f"FAIL {f}" for f in fails) or "OK")
     dist.destroy_process_group()

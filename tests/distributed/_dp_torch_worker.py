@@ -47,7 +47,7 @@ def _batch(config, weighted: bool, ranks: int) -> dict:
 
 def _step(mode: str):
     if mode == "fsdp":
-        from lmspec.backends.torch_triton.fsdp import fsdp_train_step
+        from lmspec.backends.torch_triton._fsdp import fsdp_train_step
         return fsdp_train_step
     return TS.data_parallel_train_step
 

@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
         except ValueError as e:
             raise CliError(f"--{e}") from None
         problem = mesh_problem(args.backend, mesh, args.batch_size)
-        if problem:
+        if problem:  # refused before the environment is touched (train() checks it again)
             raise CliError(problem)
         want_host_devices(mesh)  # before the backend imports jax
     try:

@@ -36,9 +36,9 @@ from lmspec.spec._model_config import (
     param_kind,
     param_shapes,
     preset,
-    tensor_parallel_dim,
     trainable,
 )
+from lmspec.spec._sharding import tensor_parallel_dim
 from lmspec.spec.rope import scalings
 
 __all__ = [

@@ -111,7 +111,7 @@ def mesh_train_step(mesh, params, opt_state, batch, step, *, model_config, train
         raise ValueError(f"batch: {rows} rows per micro-batch do not split over the "
                          f"{axes[data_axis]} devices of mesh axis {data_axis!r}")
     arrays, scalars, n, lr = _inputs(batch, step, model_config, train_config)
-    shards = axes.get(model_axis, 1) if model_axis is not None else 1
+    shards = 1 if model_axis is None else axes[model_axis]
 
     def place_param(name, a):
         spec = [None] * np.ndim(a)

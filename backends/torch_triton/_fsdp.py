@@ -20,14 +20,11 @@ import torch.distributed as dist
 from torch import nn
 
 from lmspec.backends.torch_triton.model import _loss
-from lmspec.backends.torch_triton.train_step import _SUMS, _apply, _host
+from lmspec.backends.torch_triton.train_step import _DTYPES, _SUMS, _apply, _host, _reduce_sums
 from lmspec.spec.model import trainable
 from lmspec.spec.train_step import check_args, micro_batch, micro_config, n_valid
 
 __all__ = ["FSDPState", "fsdp_train_step"]
-
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 class _Weights(nn.Module):
     """The trainable parameters as a module tree whose ``named_parameters`` are the spec's
@@ -65,8 +62,7 @@ class FSDPState:
         self.buffers = {n: a for n, a in master.items() if n not in names}
         self.module = _Weights({n: master[n] for n in names})
         g = group or dist.group.WORLD
-        self.mesh = DeviceMesh.from_group(g, "cpu" if master["embed"].device.type == "cpu"
-                                          else master["embed"].device.type)
+        self.mesh = DeviceMesh.from_group(g, master["embed"].device.type)
         fully_shard(self.module, mesh=self.mesh)
         self.module.set_gradient_divide_factor(1.0)  # a sum: the loss is already / n
         self.module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL)
@@ -99,12 +95,7 @@ class FSDPState:
             for k in ("ce", "balance", "mtp"):
                 sums[k] += float(m[k])
             loads = m["loads"] if loads is None else loads + m["loads"]
-        terms = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64)
-        dist.all_reduce(terms, group=self.group)
-        sums = {k: float(v) for k, v in zip(_SUMS, terms, strict=True)}
-        if loads.numel():
-            loads = loads.clone()
-            dist.all_reduce(loads, group=self.group)
+        sums, loads = _reduce_sums(sums, loads, self.group)
         params = self._params()
         local = {k: params[k].to_local().detach() for k in self.names}
         grads = {k: params[k].grad.to_local() for k in self.names}

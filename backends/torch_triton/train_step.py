@@ -64,16 +64,24 @@ def data_parallel_train_step(params, opt_state, batch, step, *, model_config, tr
     for k in names:
         grads[k] = flat[i:i + grads[k].numel()].view_as(grads[k])
         i += grads[k].numel()
+    sums, loads = _reduce_sums(sums, loads, group)
+    return _apply(master, opt_state, grads, sums, loads, step, n, model_config, train_config)
+
+
+_SUMS = ("loss", "ce", "balance", "mtp")
+
+
+def _reduce_sums(sums: dict, loads, group):
+    """The loss terms and the expert loads summed over the ranks of ``group``."""
+    import torch.distributed as dist
+
     terms = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64)  # Python floats' width
     dist.all_reduce(terms, group=group)
     sums = {k: float(v) for k, v in zip(_SUMS, terms, strict=True)}
     if loads.numel():
         loads = loads.clone()
         dist.all_reduce(loads, group=group)
-    return _apply(master, opt_state, grads, sums, loads, step, n, model_config, train_config)
-
-
-_SUMS = ("loss", "ce", "balance", "mtp")
+    return sums, loads
 
 
 def _accumulate(master, batch, model_config, tc, n: int, a_total: int):

@@ -78,6 +78,13 @@ class Backend:
 
     name: str
     impl: Any
+    # what ``load`` was given (a registered name, an entry point or an import path): the
+    # string that loads this backend again, for the one-line reruns of failures
+    source: str = ""
+
+    @property
+    def load_name(self) -> str:
+        return self.source or self.name
 
     @property
     def dtypes(self) -> tuple[str, ...]:
@@ -161,4 +168,4 @@ def load(name: str) -> Backend:
         raise BackendUnavailable(
             f"backend {name!r} needs {e.name!r}, which is not installed") from e
     impl = getattr(module, target.split(":")[1]) if ":" in target else module
-    return Backend(getattr(impl, "NAME", name), impl)
+    return Backend(getattr(impl, "NAME", name), impl, name)

@@ -42,7 +42,8 @@ def save_case(case: Case, stem: str, target: Target, test: str, extra: Mapping[s
     path = out / f"{base}.json"
     arrays = {n: a for n, a in case.arrays.items() if a is not None}
     np.savez(out / f"{base}.npz", **arrays)
-    meta = {"stem": stem, "test": test, "backend": target.backend.name, "dtype": target.dtype,
+    meta = {"stem": stem, "test": test, "backend": target.backend.name,
+            "load": target.backend.load_name, "dtype": target.dtype,
             "none_arrays": [n for n, a in case.arrays.items() if a is None],
             "params": {k: _encode(v) for k, v in case.params.items()}, **extra}
     path.write_text(json.dumps(meta, indent=1))

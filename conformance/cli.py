@@ -141,7 +141,9 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     if not path.exists():
         raise CliError(f"case: no such file {path}")
     meta, case = _check.load_case(path)
-    target = _check.Target(backends.load(ns.backend or meta["backend"]), meta["dtype"])
+    # "load": how the failing run loaded its backend (an import path for a user's own)
+    backend = backends.load(ns.backend or meta.get("load", meta["backend"]))
+    target = _check.Target(backend, meta["dtype"])
     print(f"replaying {meta['stem']} {meta['test']} on {target}: {case.describe()}")
     try:
         if meta["test"] == "forward":

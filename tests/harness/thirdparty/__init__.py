@@ -1,0 +1,1 @@
+"""Backends as a user would write them outside lmspec, loaded by import path."""

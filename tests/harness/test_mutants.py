@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from lmspec.conformance import _results
+from lmspec.reports.plants import generic_miss, has_generic, plant_rows, section
+
 sys.path.insert(0, str(Path(__file__).parent))
 import mutants  # noqa: E402
 
@@ -78,6 +81,10 @@ def failures(tmp_path_factory) -> dict[str, list[str]]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    # the plant -> failing tests matrix, for the report's section (lmspec report)
+    rows = plant_rows({name: (stem, failed.get(b.NAME, []))
+                       for name, (stem, b) in mutants.MUTANTS.items()})
+    _results.write(rows, _results.results_dir() / "plants.jsonl")
     return failed
 
 
@@ -90,6 +97,21 @@ def test_planted_bug_is_caught(failures, name):
     missing = [t for t in mutants.MUST_CATCH.get(name, ()) if f"{stem}:{t}" not in caught]
     assert not missing, f"planted bug {name!r}: these tests should fail on it but passed: " \
                         f"{missing} (failed: {caught})"
+
+
+def test_the_report_lists_the_plants_the_generic_tests_miss(failures, tmp_path):
+    rows = plant_rows({name: (stem, failures.get(b.NAME, []))
+                       for name, (stem, b) in mutants.MUTANTS.items()})
+    _results.write(rows, tmp_path / "plants.jsonl")
+    md, page = section(tmp_path, [])
+    missed = [r["plant"] for r in rows if generic_miss(r)]
+    listed = [line.split(" | ")[0].strip("| ") for line in md.splitlines()[6:]]
+    assert listed == missed
+    assert f"{len(rows)} planted bugs" in md and f"dedicated tests only: {len(missed)};" in md
+    for r in rows:  # the generic tests do catch the rest
+        assert generic_miss(r) or not has_generic(r["component"]) or {
+            "forward", "backward", "loss_and_gradients"} & set(r["failed"]), r
+    assert has_generic("sdpa") and not has_generic("tokenizer")
 
 
 def test_there_are_at_least_ten_distinct_plants():

@@ -77,6 +77,8 @@ def _params_dtype(fn):
 model = _params_dtype(_ref.model)
 model_loss = _params_dtype(_ref.model_loss)
 model_grad = _params_dtype(_ref.model_grad)
+
+
 def train_step(params, opt_state, batch, step, *, model_config, train_config):
     """The reference step (float64 arithmetic, its config's compute dtype for the model),
     its new weights and moments in the dtype of the ones it was given: float32 masters stay

@@ -23,7 +23,7 @@ from lmspec.conformance._inputs import (
 )
 from lmspec.conformance._saved import load_case, save_case
 from lmspec.conformance._target import Target
-from lmspec.spec import Case, component
+from lmspec.spec import Case, _coverage, component
 from lmspec.spec._tolerance import Verdict, judge
 
 # The public surface, read as check.X / C.X by conformance tests, the CLI and kernel tests.
@@ -61,8 +61,9 @@ def run_case(target: Target, stem: str, test: str, fn: Callable[[], Any]) -> Any
 
 
 def check_forward(target: Target, stem: str, case: Case) -> None:
-    require_impl(target, stem)
     comp = component(stem)
+    _coverage.emit(comp, case)
+    require_impl(target, stem)
     arrays = rounded(case, stem, target.np_dtype)
     outs = run_case(target, stem, "forward", lambda: target.backend.call(
         stem, to_native(target, stem, arrays), case.params))
@@ -83,6 +84,7 @@ def check_forward(target: Target, stem: str, case: Case) -> None:
 
 def check_backward(target: Target, stem: str, case: Case, seed: int) -> None:
     comp = component(stem)
+    _coverage.emit(comp, case)
     if not comp.differentiable:
         pytest.skip(f"{stem} has no gradient")
     require_impl(target, stem, grad=True)

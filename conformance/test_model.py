@@ -25,7 +25,7 @@ from lmspec.conformance._model_naive import (
 )
 from lmspec.conformance._model_naive import naive as _naive
 from lmspec.conformance._model_naive import ref as _ref
-from lmspec.spec import Case
+from lmspec.spec import Case, _coverage
 from lmspec.spec._tolerance import FLOOR_ULPS, K, floor_for
 from lmspec.spec.model import COMPONENT, FAMILIES, MoEConfig, init_params, model_cases
 from lmspec.spec.train_step import WEIGHT_VALUES
@@ -37,6 +37,11 @@ OPT = ("positions", "segment_ids")
 # for the standard tests, a quarter for the properties (ci: 10 and 5, thorough: 150 and 75).
 STANDARD = settings(max_examples=max(3, settings().max_examples // 2))
 PROPERTY = settings(max_examples=max(2, settings().max_examples // 4))
+# The structural properties (a prefix, a batch, packing, a cache, one expert, MLA's two forms,
+# an all-softmax hybrid) catch a wrong mask, offset, routing or cache, whatever the 16-bit
+# format: below the thorough profile they run in float32 and bfloat16, not float16 too
+# (conformance/conftest.py; a third of their time, the most of it jax_xla's compiles).
+STRUCTURAL = pytest.mark.structural
 
 
 # ----------------------------------------------------------------------------- running
@@ -102,6 +107,7 @@ def _judge(target, test, name, got, ref, naive, case, kind="output", magnitude=0
 @STANDARD
 @given(case=model_cases())
 def test_forward(target, case):
+    _coverage.emit(COMPONENT, case)
     _require(target, "model")
     cfg, dt = case.params["config"], target.np_dtype
     params = _params64(case, dt)
@@ -120,6 +126,7 @@ def test_forward(target, case):
 def test_loss_and_gradients(target, case):
     """The loss (cross-entropy, z-loss and MoE terms) and every trainable parameter's
     gradient, each judged by the tolerance policy."""
+    _coverage.emit(COMPONENT, case)
     _loss_and_gradients(target, case, "")
 
 
@@ -230,6 +237,7 @@ def _prepared(target, case):
     return case.params["config"], params, _inputs(case)
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_causal_prefix(target, case, data):
@@ -244,6 +252,7 @@ def test_causal_prefix(target, case, data):
           (cfg, params, cut, lambda x: x))
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_batch_invariance(target, case, data):
@@ -257,6 +266,7 @@ def test_batch_invariance(target, case, data):
           (cfg, params, alone, lambda x: x))
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases())
 def test_packed_equals_alone(target, case):
@@ -276,6 +286,7 @@ def test_packed_equals_alone(target, case):
                   (cfg, params, one, lambda x: x))
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_prefill_then_decode_equals_full(target, case, data):
@@ -329,6 +340,7 @@ def test_prefill_then_decode_equals_full(target, case, data):
                    target, STEM, "property-decode_equals_full", "logits", case)
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases("dense"))
 def test_moe_with_one_expert_equals_dense(target, case):
@@ -346,6 +358,7 @@ def test_moe_with_one_expert_equals_dense(target, case):
           (cfg, params, arrays, lambda x: x))
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases("deepseek"))
 def test_mla_absorbed_equals_naive(target, case):
@@ -356,6 +369,7 @@ def test_mla_absorbed_equals_naive(target, case):
           (forms[1], params, arrays, lambda x: x))
 
 
+@STRUCTURAL
 @PROPERTY
 @given(case=model_cases("dense"))
 def test_all_softmax_hybrid_equals_dense(target, case):

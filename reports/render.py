@@ -347,7 +347,7 @@ n/i = not implemented, never counted as a pass. Hover a failing cell for its tes
 # Topic sections (tokenizer, MoE, quantization): a module ``lmspec.reports.<name>`` with
 # ``section(results: Path, bench_rows: list[dict]) -> tuple[str, str] | None`` giving a markdown
 # and an HTML fragment (plots inlined as base64 PNG through ``png``), or None when it has no data.
-SECTIONS = ("tokenizer", "moe", "quant", "triton_aot", "plants")
+SECTIONS = ("tokenizer", "moe", "quant", "triton_aot", "plants", "coverage")
 png = _png
 read_rows = _read
 

@@ -65,6 +65,10 @@ class Component:
       fully masked row); their -inf pattern is compared exactly, the rest by tolerance.
     - ``wide_outputs``: outputs returned in float32 or wider whatever the input dtype (lse,
       a loss); their cotangents are float32.
+    - ``features``: the classes of input that change the math and are not a parameter's value
+      (sdpa's head grouping), ``case -> {feature: value}``; see spec/_coverage.py.
+    - ``coverage``: the values the generic tests must draw, ``{feature: (value, ...)}`` (as
+      strings), each in at least spec._coverage.MIN_SHARE of the examples.
     """
 
     stem: str
@@ -77,6 +81,8 @@ class Component:
     neg_inf_outputs: tuple[str, ...] = ()
     wide_outputs: tuple[str, ...] = ()
     summary: str = ""
+    features: Callable[[Case], Mapping[str, Any]] | None = None
+    coverage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def float_inputs(self) -> tuple[str, ...]:

@@ -86,8 +86,17 @@ def _bad_target():
     return {"logits": np.ones((3, 4)), "targets": np.array([0, 4, -100])}, {}
 
 
+def _features(case: Case) -> dict[str, str]:
+    """Whether some targets are the ignore index (they drop out of the mean's count)."""
+    ignored = np.any(case.arrays["targets"] == case.params["ignore_index"])
+    return {"ignored targets": "some" if ignored else "none"}
+
+
 COMPONENT = Component(
     stem="cross_entropy",
+    features=_features,
+    coverage={"label_smoothing": ("0.0", "0.1", "1.0"), "z_loss": ("0.0", "0.0001", "0.1"),
+              "ignored targets": ("some", "none")},
     inputs=("logits", "targets"),
     outputs=("loss",),
     differentiable=("logits",),

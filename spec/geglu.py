@@ -48,6 +48,7 @@ def _bad_approx():
 
 COMPONENT = Component(
     stem="geglu",
+    coverage={"approximate": ("none", "tanh")},
     inputs=("x", "w_gate", "w_up", "w_down"),
     outputs=("y",),
     differentiable=("x", "w_gate", "w_up", "w_down"),

@@ -155,6 +155,7 @@ def _int_weight():
 
 COMPONENT = Component(
     stem="gptq",
+    coverage={"act_order": ("True", "False"), "static_groups": ("True", "False")},
     inputs=("w", "x"),
     outputs=("q", "scales", "zeros", "perm"),
     cases=gptq_cases,

@@ -149,6 +149,8 @@ def _bad(b=4, t=3, rewards_len=None, mask=None, **params):
 
 COMPONENT = Component(
     stem="grpo_loss",
+    coverage={"loss_type": ("bnpo", "dr_grpo", "grpo"), "scale_rewards": ("True", "False"),
+              "epsilon_high": ("None", "0.28"), "beta": ("0.0", "0.04", "1.0")},
     inputs=("logp", "old_logp", "ref_logp", "rewards", "mask"),
     outputs=("loss", "advantages"),
     differentiable=("logp",),

@@ -112,6 +112,7 @@ def _examples(**kw):
 
 COMPONENT = Component(
     stem="kto_loss",
+    coverage={"desirable_weight": ("1.0", "1.33"), "undesirable_weight": ("0.5", "1.0")},
     inputs=("policy_logps", "ref_logps", "desirable", "policy_kl_logps", "ref_kl_logps"),
     outputs=("loss", "kl"),
     differentiable=("policy_logps", "policy_kl_logps"),

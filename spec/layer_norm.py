@@ -57,6 +57,8 @@ def _cases(draw) -> Case:
 
 COMPONENT = Component(
     stem="layer_norm",
+    coverage={"weight": ("given", "absent"), "bias": ("given", "absent"),
+              "weight_offset": ("0.0", "1.0")},
     inputs=("x", "weight", "bias"),
     outputs=("y",),
     differentiable=("x", "weight", "bias"),

@@ -61,6 +61,7 @@ def _cases():
 
 COMPONENT = Component(
     stem="lightning_attention",
+    coverage={"log_decay": ("given", "absent"), "initial_state": ("given", "absent")},
     inputs=("q", "k", "v", "log_decay", "initial_state"),
     outputs=("out", "final_state"),
     differentiable=("q", "k", "v", "initial_state"),

@@ -190,6 +190,9 @@ def bad(shapes=None, log_decay=None, **params):
 
 COMPONENT = Component(
     stem="linear_attention",
+    coverage={"form": ("chunked", "parallel", "recurrent"),
+              "feature_map": ("elu1", "identity", "relu"), "log_decay": ("given", "absent"),
+              "initial_state": ("given", "absent")},
     inputs=("q", "k", "v", "log_decay", "initial_state"),
     outputs=("out", "final_state"),
     differentiable=("q", "k", "v", "initial_state"),

@@ -23,6 +23,7 @@ def log_softmax(x, *, axis: int = -1):
 
 COMPONENT = Component(
     stem="log_softmax",
+    coverage={"axis": ("-1", "0")},
     inputs=("x",),
     outputs=("y",),
     differentiable=("x",),

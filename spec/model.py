@@ -408,8 +408,27 @@ def _bad(**spec):
     return build
 
 
+def _features(case: Case) -> dict[str, str]:
+    """The config's conventions that change the math: family, attention and FFN kinds, the
+    options each family draws."""
+    c = case.params["config"]
+    out = {"family": c.name, "tie_embeddings": str(c.tie_embeddings),
+           "qk_norm": str(c.qk_norm), "rope_scaling": c.rope_scaling.kind if c.rope_scaling
+           else "None", "mtp": "yes" if c.mtp_depth else "no",
+           "sliding": "no" if c.sliding_window is None else "yes"}
+    if c.moe is not None:
+        out.update({"moe score_func": c.moe.score_func,
+                    "moe capacity": "off" if c.moe.capacity_factor is None else "on"})
+    if c.mla is not None:
+        out["mla form"] = c.mla.form
+    return out
+
+
 COMPONENT = Component(
     stem="model",
+    features=_features,
+    coverage={"family": FAMILIES, "segment_ids": ("given", "absent"),
+              "qk_norm": ("True", "False"), "tie_embeddings": ("True", "False")},
     inputs=("params", "tokens", "positions", "segment_ids", "caches"),
     outputs=("logits", "caches"),
     integer_inputs=("tokens", "positions", "segment_ids"),

@@ -130,6 +130,7 @@ def _bad(kind="switch", ids=((0, 1), (1, 2), (2, 3)), n_seq=1, alpha=1.0):
 
 COMPONENT = Component(
     stem="moe_balance_loss",
+    coverage={"kind": ("seq", "switch", "z")},
     inputs=("scores", "topk_ids"),
     outputs=("loss",),
     differentiable=("scores",),

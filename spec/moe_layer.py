@@ -190,8 +190,16 @@ def _arrays(n=3, k=2, e=4, d=5, f=6, ids=None, **extra):
     return build
 
 
+def _features(case: Case) -> dict[str, str]:
+    """Capacity on (tokens over an expert's capacity are dropped) or off."""
+    return {"capacity": "off" if case.params.get("capacity_factor") is None else "on"}
+
+
 COMPONENT = Component(
     stem="moe_layer",
+    features=_features,
+    coverage={"capacity": ("off", "on"), "shared_w_up": ("given", "absent"),
+              "shared_gate": ("given", "absent")},
     inputs=("x", "topk_ids", "topk_weights", "w_gate", "w_up", "w_down", "shared_w_gate",
             "shared_w_up", "shared_w_down", "shared_gate"),
     outputs=("out", "kept"),

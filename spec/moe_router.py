@@ -165,8 +165,17 @@ def _bad(n=3, e=4, bias=None, **params):
     return build
 
 
+def _features(case: Case) -> dict[str, str]:
+    """Group-limited routing (several groups, some masked) or not."""
+    return {"groups": "several" if case.params.get("n_group", 1) > 1 else "one"}
+
+
 COMPONENT = Component(
     stem="moe_router",
+    features=_features,
+    coverage={"score_func": ("sigmoid", "softmax"), "masked_group_fill": ("zero", "-inf"),
+              "norm_topk_prob": ("True", "False"), "bias": ("given", "absent"),
+              "routed_scaling_factor": ("1.0", "2.5"), "groups": ("one", "several")},
     inputs=("logits", "bias"),
     outputs=("topk_ids", "topk_weights", "scores"),
     differentiable=("logits",),

@@ -119,6 +119,7 @@ def _bad(shape_of_returns=(2, 3), mask=None, **params):
 
 COMPONENT = Component(
     stem="ppo_loss",
+    coverage={"vf_coef": ("0.0", "0.1", "1.0"), "clip_range": ("0.1", "0.2")},
     inputs=_ARRAYS,
     outputs=("loss", "pg_loss", "vf_loss"),
     differentiable=("logp", "values"),

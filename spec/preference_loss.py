@@ -120,6 +120,7 @@ def _pairs(b=3, **params):
 
 COMPONENT = Component(
     stem="preference_loss",
+    coverage={"loss_type": ("ipo", "robust", "sigmoid"), "label_smoothing": ("0.0", "0.1", "0.3")},
     inputs=NAMES,
     outputs=("loss", "chosen_rewards", "rejected_rewards"),
     differentiable=("policy_chosen", "policy_rejected"),

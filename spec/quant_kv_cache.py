@@ -99,6 +99,7 @@ def _qkv(hq=2, hkv=1, **params):
 
 COMPONENT = Component(
     stem="quant_kv_cache",
+    coverage={"fmt": ("e4m3", "e5m2", "int8"), "causal": ("True", "False")},
     inputs=("q", "k", "v"),
     outputs=("out",),
     cases=kv_cases,

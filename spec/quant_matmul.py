@@ -140,6 +140,7 @@ def _args(bits=4, k=8, n=3, group_size=4, packed_shape=None, scales_shape=None, 
 
 COMPONENT = Component(
     stem="quant_matmul",
+    coverage={"bits": ("4", "8"), "mode": ("w8a8", "weight_only"), "zeros": ("given", "absent")},
     inputs=("x", "packed", "scales", "zeros"),
     outputs=("y",),
     differentiable=("x",),

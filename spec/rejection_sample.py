@@ -256,6 +256,7 @@ def _bad(b=2, g=2, v=3, x=None, q=None, p=None, u=None, r=None, lengths=None, g_
 
 COMPONENT = Component(
     stem="rejection_sample",
+    coverage={"lengths": ("given", "absent")},
     inputs=("draft_tokens", "draft_probs", "target_probs", "uniforms", "resample_uniforms",
             "lengths"),
     outputs=("n_accepted", "tokens"),

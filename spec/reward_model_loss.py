@@ -74,6 +74,7 @@ def _pair(**kw):
 
 COMPONENT = Component(
     stem="reward_model_loss",
+    coverage={"margin": ("given", "absent"), "center_coef": ("0.0", "0.01")},
     inputs=("chosen", "rejected", "margin"),
     outputs=("loss",),
     differentiable=("chosen", "rejected"),

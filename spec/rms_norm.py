@@ -62,6 +62,7 @@ def _bad(x_shape, w_shape, eps=1e-6):
 
 COMPONENT = Component(
     stem="rms_norm",
+    coverage={"weight": ("given", "absent"), "weight_offset": ("0.0", "1.0")},
     inputs=("x", "weight"),
     outputs=("y",),
     differentiable=("x", "weight"),

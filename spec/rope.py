@@ -156,8 +156,17 @@ def _bad(**params):
     return lambda: ({"x": np.ones((1, 2, 1, 6)), "positions": np.zeros((1, 2), np.int64)}, params)
 
 
+def _features(case: Case) -> dict[str, str]:
+    """Partial rotary dimension: the last features pass through unrotated."""
+    r = case.params.get("rotary_dim")
+    return {"rotary_dim": "full" if r is None or r == case.arrays["x"].shape[-1] else "partial"}
+
+
 COMPONENT = Component(
     stem="rope",
+    features=_features,
+    coverage={"scaling": ("None", "linear", "llama3", "ntk", "yarn"),
+              "interleaved": ("True", "False"), "rotary_dim": ("full", "partial")},
     inputs=("x", "positions"),
     outputs=("y",),
     differentiable=("x",),

@@ -123,8 +123,22 @@ def _one_segment():
     return arrays, params
 
 
+def _features(case: Case) -> dict[str, str]:
+    """The head grouping (GQA maps query head h to kv head h // (Hq / Hkv)), a sliding window,
+    and queries aligned to the end of the keys (fewer queries than keys: a decode)."""
+    hq, hkv = case.arrays["q"].shape[2], case.arrays["k"].shape[2]
+    tq, tk = case.arrays["q"].shape[1], case.arrays["k"].shape[1]
+    return {"heads": "MHA" if hq == hkv else "MQA" if hkv == 1 else "GQA",
+            "sliding": "no" if case.params["window"] is None else "yes",
+            "queries": "fewer" if tq < tk else "as many as keys" if tq == tk else "more"}
+
+
 COMPONENT = Component(
     stem="sdpa",
+    features=_features,
+    coverage={"heads": ("MHA", "MQA", "GQA"), "causal": ("True", "False"), "sliding": ("yes", "no"),
+              "softcap": ("None", "5.0"), "scale": ("None", "0.5"),
+              "segment_ids_q": ("given", "absent"), "queries": ("as many as keys", "fewer")},
     inputs=("q", "k", "v", "segment_ids_q", "segment_ids_kv"),
     outputs=("out", "lse"),
     differentiable=("q", "k", "v"),

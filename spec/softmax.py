@@ -50,6 +50,7 @@ def _bad_axis():
 
 COMPONENT = Component(
     stem="softmax",
+    coverage={"axis": ("-1", "0")},
     inputs=("x",),
     outputs=("y",),
     differentiable=("x",),

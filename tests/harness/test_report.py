@@ -64,3 +64,26 @@ def test_kv_cache_table_is_the_papers_arithmetic():
     # bytes per token, 60 layers, bf16: MHA 2*128*128, GQA 2*8*128, MQA 2*128, MLA 512+64
     assert rows == {"mha": 2 * 128 * 128 * 60 * 2, "gqa": 2 * 8 * 128 * 60 * 2,
                     "mqa": 2 * 128 * 60 * 2, "mla": 576 * 60 * 2}
+
+
+def test_the_coverage_section_flags_a_stated_value_drawn_short(tmp_path):
+    from lmspec.reports.coverage import coverage_table
+
+    def cov(backend, feature, value, drawn):
+        return {"component": "sdpa", "backend": backend, "dtype": "float32",
+                "test": "forward", "profile": "ci", "feature": feature, "value": value,
+                "drawn": drawn, "judged": drawn}
+
+    rows = [cov("a", "examples", "all", 20), cov("b", "examples", "all", 20),
+            cov("a", "heads", "GQA", 6), cov("b", "heads", "GQA", 0),
+            cov("a", "heads", "MHA", 8), cov("b", "heads", "MHA", 9),
+            cov("a", "heads", "MQA", 6), cov("b", "heads", "MQA", 11),
+            cov("a", "window", "5", 3)]
+    table = {(r[0], r[1]): r for r in coverage_table(rows)["sdpa"]}
+    assert table[("heads", "GQA")][2:] == ["yes, SHORT", "forward", "0 (b/float32)", 6, 6, 40]
+    assert table[("heads", "MHA")][2] == "yes" and table[("window", "5")][2] == ""
+    # a stated value no target drew at all is listed, and short
+    assert table[("causal", "True")][2:5] == ["yes, SHORT", "forward", "0 (a/float32)"]
+    (tmp_path / "coverage.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = render.render(tmp_path)[0].read_text()
+    assert "## Parameter coverage" in md and "drawn short: sdpa." in md

@@ -84,8 +84,13 @@ def features(comp: Component, case: Case) -> dict[str, str]:
 
 
 def emit(comp: Component, case: Case) -> None:
-    """Report the case's features to hypothesis (inside a test it runs)."""
+    """Report the case's features to hypothesis; nothing outside a hypothesis test (a
+    property that builds its own case calls the same checks)."""
     from hypothesis import event
+    from hypothesis.control import currently_in_test_context
+
+    if not currently_in_test_context():
+        return
 
     for name, value in features(comp, case).items():
         event(EVENT_PREFIX + name, value)

@@ -34,9 +34,7 @@ def check_choice(name: str, value, choices: tuple) -> None:
             f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-# Subnormal scales: a case drawn with ``integers(0, TINY_ODDS - 1) == 0`` has some slices
-# moved (about three cases in ten, not one in eight: hypothesis favours the range's lower end;
-# the planted unclipped quantizers are caught at that share) by a power of two to where
+# Subnormal scales: one case in TINY_ODDS has some slices moved (by a power of two) to where
 # ``amax / qmax`` is a float32 subnormal or underflows: there the scale's rounding is coarse
 # (a scale of a few ulps of 2**-149 is up to 1.5x off), quotients pass qmax and only the clip
 # keeps the codes in range; below qmax * 2**-150 the scale is 0, hence 1, and the codes 0.

@@ -20,21 +20,11 @@ SCALES = (1e-3, 0.1, 1.0, 4.0, 30.0)
 
 def sizes(choices: tuple[int, ...] = SIZES, min_size: int = 0) -> st.SearchStrategy[int]:
     """A dimension from ``choices``; 0 (an empty tensor), when allowed, about one draw in ten,
-    so that empty cases are always exercised but do not crowd out the informative ones.
-    (sampled_from, not ``integers(0, 9) == 0``: hypothesis favours an integer range's lower
-    end, so that drew 0 about one time in three, and a case of four sizes was empty more
-    often than not; tests/harness/test_coverage.py measures the share.)"""
+    so that empty cases are always exercised but do not crowd out the informative ones."""
     nonzero = tuple(c for c in choices if c >= max(min_size, 1))
     if 0 not in choices or min_size > 0:
         return st.sampled_from(nonzero)
-    return st.sampled_from(range(10)).flatmap(
-        lambda i: st.just(0) if i == 0 else st.sampled_from(nonzero))
-
-
-def one_in(n: int) -> st.SearchStrategy[bool]:
-    """True about one draw in ``n`` (``integers(0, n - 1) == 0`` is True far more often:
-    hypothesis favours an integer range's lower end)."""
-    return st.sampled_from(range(n)).map(lambda i: i == 0)
+    return st.integers(0, 9).flatmap(lambda i: st.just(0) if i == 0 else st.sampled_from(nonzero))
 
 
 def seeds() -> st.SearchStrategy[int]:

@@ -88,10 +88,10 @@ def check_args(x, *, fmt: str = "mxfp4", tensor_scale: float | None = None) -> N
 def _cases(draw) -> Case:
     fmt = draw(st.sampled_from(tuple(BLOCK)))
     block = BLOCK[fmt] or 2
-    shape = draw(S.leading_shapes()) + (block * draw(S.sizes((0, 1, 2, 3))),)
+    shape = draw(S.leading_shapes()) + (block * draw(st.sampled_from((0, 1, 2, 3))),)
     x = draw(S.float_arrays(shape, scales=S.SCALES + (1000.0,)))
     tensor_scale = None
-    if fmt == "nvfp4" and draw(S.one_in(2)):  # static: 0.1x to 2x, saturates
+    if fmt == "nvfp4" and draw(st.integers(0, 3)) == 0:  # static: 0.1x to 2x, saturates
         amax = float(np.abs(x).max(initial=0.0)) or 1.0
         factor = draw(st.sampled_from((0.1, 0.5, 1.0, 2.0)))
         tensor_scale = float(np.float32(factor * amax / (E2M1_MAX * E4M3_MAX)))
@@ -103,15 +103,8 @@ def _bad(shape=(2, 32), int_x=False, **params):
     return lambda: ({"x": x}, {"fmt": "mxfp4"} | params)
 
 
-def _features(case: Case) -> dict[str, str]:
-    """A static (given) nvfp4 tensor scale or none (computed from the tensor)."""
-    return {"tensor_scale": "None" if case.params.get("tensor_scale") is None else "given"}
-
-
 COMPONENT = Component(
     stem="quant_fp4",
-    features=_features,
-    coverage={"fmt": ("e2m1", "mxfp4", "nvfp4"), "tensor_scale": ("None", "given")},
     inputs=("x",),
     outputs=("codes", "scales", "tensor_scale"),
     cases=_cases,

@@ -119,7 +119,7 @@ def _cases(draw) -> Case:
         x = tiny_slices(x, FMT_MAX[fmt], draw(S.seeds()),
                         None if granularity in ("tensor", "block") else -1)
     scale, pow2 = None, draw(st.booleans())
-    if draw(S.one_in(4)):  # a static scale, 0.1x to 2x a per-tensor one: saturates
+    if draw(st.integers(0, 3)) == 0:  # a static scale, 0.1x to 2x a per-tensor one: saturates
         u = S.make_values(scales_shape(shape, granularity), draw(S.seeds()), "uniform", 1.0)
         amax = float(np.abs(x).max(initial=0.0)) or 1.0
         # at least float16's smallest normal: every dtype under test holds the scale exactly
@@ -135,8 +135,6 @@ def _bad(shape=(2, 4), scale=None, **params):
 
 COMPONENT = Component(
     stem="quant_fp8",
-    coverage={"fmt": ("e4m3", "e5m2"), "granularity": ("block", "tensor", "tile", "token"),
-              "pow2_scale": ("True", "False"), "scale": ("given", "absent")},
     inputs=("x", "scale"),
     outputs=("codes", "scales"),
     cases=_cases,

@@ -90,8 +90,6 @@ def selected_targets(config: pytest.Config) -> list[Target]:
 
 def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile(config.getoption("--profile"))
-    config.addinivalue_line("markers", "structural: a structural property (test_model.py): "
-                            "float16 only at the thorough profile")
     config._lmspec_outcomes = {}  # (stem, backend, dtype, test) -> outcome
     config._lmspec_coverage = {}  # (stem, backend, dtype, test) -> spec._coverage.tally
 
@@ -127,8 +125,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     thorough = config.getoption("--profile") == "thorough"
     for item in items:
         key = _key(item)
-        if key and key[2] == "float16" and not thorough and item.get_closest_marker(
-                "structural"):
+        if key and key[2] == "float16" and not thorough and key[3] in getattr(
+                item.module, "STRUCTURAL", ()):
             item.add_marker(pytest.mark.skip(
                 reason="a structural property: float32 and bfloat16 below --profile thorough"))
         if key and (dev := deviation_for(key[1], key[0], key[2], key[3])):

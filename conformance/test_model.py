@@ -41,14 +41,18 @@ PROPERTY = settings(max_examples=max(2, settings().max_examples // 4))
 # an all-softmax hybrid) catch a wrong mask, offset, routing or cache, whatever the 16-bit
 # format: below the thorough profile they run in float32 and bfloat16, not float16 too
 # (conformance/conftest.py; a third of their time, the most of it jax_xla's compiles).
-STRUCTURAL = pytest.mark.structural
+STRUCTURAL = ("causal_prefix", "batch_invariance", "packed_equals_alone",
+              "prefill_then_decode_equals_full", "moe_with_one_expert_equals_dense",
+              "mla_absorbed_equals_naive", "all_softmax_hybrid_equals_dense")
 
 
 # ----------------------------------------------------------------------------- running
 
 
 def _params64(case: Case, dtype) -> dict[str, np.ndarray]:
-    """The case's parameters, rounded to the dtype under test (what every side sees)."""
+    """The case's parameters, rounded to the dtype under test (what every side sees); and
+    the case's coverage events (here, not in the tests: a test's source seeds its examples)."""
+    _coverage.emit(COMPONENT, case)
     p = init_params(case.params["config"], case.params["seed"], std=case.params["std"],
                     norm_std=case.params["norm_std"])
     return {n: a.astype(dtype).astype(np.float64) for n, a in p.items()}
@@ -107,7 +111,6 @@ def _judge(target, test, name, got, ref, naive, case, kind="output", magnitude=0
 @STANDARD
 @given(case=model_cases())
 def test_forward(target, case):
-    _coverage.emit(COMPONENT, case)
     _require(target, "model")
     cfg, dt = case.params["config"], target.np_dtype
     params = _params64(case, dt)
@@ -126,7 +129,6 @@ def test_forward(target, case):
 def test_loss_and_gradients(target, case):
     """The loss (cross-entropy, z-loss and MoE terms) and every trainable parameter's
     gradient, each judged by the tolerance policy."""
-    _coverage.emit(COMPONENT, case)
     _loss_and_gradients(target, case, "")
 
 
@@ -237,7 +239,6 @@ def _prepared(target, case):
     return case.params["config"], params, _inputs(case)
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_causal_prefix(target, case, data):
@@ -252,7 +253,6 @@ def test_causal_prefix(target, case, data):
           (cfg, params, cut, lambda x: x))
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_batch_invariance(target, case, data):
@@ -266,7 +266,6 @@ def test_batch_invariance(target, case, data):
           (cfg, params, alone, lambda x: x))
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases())
 def test_packed_equals_alone(target, case):
@@ -286,7 +285,6 @@ def test_packed_equals_alone(target, case):
                   (cfg, params, one, lambda x: x))
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases(), data=st.data())
 def test_prefill_then_decode_equals_full(target, case, data):
@@ -340,7 +338,6 @@ def test_prefill_then_decode_equals_full(target, case, data):
                    target, STEM, "property-decode_equals_full", "logits", case)
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases("dense"))
 def test_moe_with_one_expert_equals_dense(target, case):
@@ -358,7 +355,6 @@ def test_moe_with_one_expert_equals_dense(target, case):
           (cfg, params, arrays, lambda x: x))
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases("deepseek"))
 def test_mla_absorbed_equals_naive(target, case):
@@ -369,7 +365,6 @@ def test_mla_absorbed_equals_naive(target, case):
           (forms[1], params, arrays, lambda x: x))
 
 
-@STRUCTURAL
 @PROPERTY
 @given(case=model_cases("dense"))
 def test_all_softmax_hybrid_equals_dense(target, case):

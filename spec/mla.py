@@ -274,6 +274,11 @@ def _bad(override: dict | None = None, **params):
 
 COMPONENT = Component(
     stem="mla",
+    coverage={"form": ("absorbed", "naive"), "interleaved": ("True", "False"),
+              "causal": ("True", "False"),
+              "w_dq": ("given", "absent"), "c_kv_cache": ("given", "absent"),
+              "mscale_all_dim": ("0.0", "1.0"),
+              "scaling": ("None", "linear", "llama3", "ntk", "yarn")},
     inputs=("x", "positions", "w_uq", "w_dkv", "kv_norm_weight", "w_ukv", "w_o", "w_dq",
             "q_norm_weight", "c_kv_cache", "k_rope_cache"),
     outputs=("out", "c_kv", "k_rope"),

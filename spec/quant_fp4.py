@@ -103,8 +103,15 @@ def _bad(shape=(2, 32), int_x=False, **params):
     return lambda: ({"x": x}, {"fmt": "mxfp4"} | params)
 
 
+def _features(case: Case) -> dict[str, str]:
+    """A static (given) nvfp4 tensor scale or none (computed from the tensor)."""
+    return {"tensor_scale": "None" if case.params.get("tensor_scale") is None else "given"}
+
+
 COMPONENT = Component(
     stem="quant_fp4",
+    features=_features,
+    coverage={"fmt": ("e2m1", "mxfp4", "nvfp4"), "tensor_scale": ("None", "given")},
     inputs=("x",),
     outputs=("codes", "scales", "tensor_scale"),
     cases=_cases,

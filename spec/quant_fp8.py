@@ -135,6 +135,8 @@ def _bad(shape=(2, 4), scale=None, **params):
 
 COMPONENT = Component(
     stem="quant_fp8",
+    coverage={"fmt": ("e4m3", "e5m2"), "granularity": ("block", "tensor", "tile", "token"),
+              "pow2_scale": ("True", "False"), "scale": ("given", "absent")},
     inputs=("x", "scale"),
     outputs=("codes", "scales"),
     cases=_cases,

@@ -146,11 +146,8 @@ PLANTS = {
                                    _weights_ignored),
     "model_loss_weights_shifted_by_one_target": (
         contextlib.nullcontext, ("weighted_loss_and_gradients",), _weights_shifted),
-    # caught by the weighted test: the standard test's 10 ci examples draw an MTP config
-    # rarely (about 8% of model cases; see the coverage table) and since the sizes() fix none
     "model_mtp_reads_the_unshifted_token": (
-        lambda: _patched(M, _shifted=_mtp_token_not_shifted), ("weighted_loss_and_gradients",),
-        None),
+        lambda: _patched(M, _shifted=_mtp_token_not_shifted), ("loss_and_gradients",), None),
 }
 
 

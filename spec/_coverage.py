@@ -2,7 +2,7 @@
 
 A *feature* of a case is a named class of input that changes the math: every scalar parameter
 (a convention, a scaling type, a fill, a flag) by its value, every optional array by whether it
-is given, whether any array is empty, and the classes a component derives from shapes (sdpa's
+is given, whether a required array is empty, and the classes a component derives from shapes (sdpa's
 head grouping: MHA, MQA or GQA). The generic forward and backward tests report each example's
 features to hypothesis as events (``hypothesis.event("cover <feature>", value)``), so that the
 counts come from hypothesis' own statistics; the conformance run writes them to
@@ -76,7 +76,7 @@ def features(comp: Component, case: Case) -> dict[str, str]:
         label = _label(value) if name not in _NOT_FEATURES else None
         if label is not None:
             out[name] = label
-    for name in optional_inputs(comp.stem):
+    for name in optional:
         out[name] = "absent" if arrays.get(name) is None else "given"
     if comp.features is not None:
         out.update({k: _label(v) for k, v in comp.features(case).items()})
@@ -91,7 +91,6 @@ def emit(comp: Component, case: Case) -> None:
 
     if not currently_in_test_context():
         return
-
     for name, value in features(comp, case).items():
         event(EVENT_PREFIX + name, value)
 

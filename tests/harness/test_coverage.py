@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis.statistics import collector
@@ -101,8 +102,6 @@ def test_a_strategy_that_stops_drawing_a_value_fails():
 
 def test_the_features_of_a_case():
     sdpa = spec.component("sdpa")
-    import numpy as np
-
     q, k = np.zeros((1, 2, 4, 8)), np.zeros((1, 3, 2, 8))
     case = spec.Case({"q": q, "k": k, "v": k, "segment_ids_q": None, "segment_ids_kv": None},
                      {"causal": True, "window": 2, "softcap": None, "scale": 0.5})
